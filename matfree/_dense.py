@@ -1,0 +1,57 @@
+"""Functions of small dense matrices, with derivatives that survive ties.
+
+The Krylov layers reduce `f(A)` to `f(T)` for a small `k x k` matrix. For
+symmetric `T` we use the eigendecomposition, but differentiate with the
+Daleckii–Krein formula (divided differences of `f` on the eigenvalues), which
+stays finite when Ritz values coincide; differentiating `jnp.linalg.eigh`
+directly would divide by zero there.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def funm_sym(f, T: jax.Array) -> jax.Array:
+    """Return `f(T)` for a symmetric matrix `T` (batched over leading axes).
+
+    `f` is a scalar function applied elementwise to the eigenvalues, e.g.
+    `jnp.log`, `jnp.exp`, `jnp.sqrt`. Its derivative (for `jax.grad`) is taken
+    with `jax.grad(f)` and divided differences; repeated eigenvalues are fine.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> T = jnp.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> jnp.allclose(funm_sym(jnp.exp, T), jax.scipy.linalg.expm(T))
+    Array(True, dtype=bool)
+    """
+    w, V = jnp.linalg.eigh(T)
+    return (V * f(w)[..., None, :]) @ jnp.swapaxes(V, -1, -2)
+
+
+def divided_differences(f, w: jax.Array) -> jax.Array:
+    """Matrix of first divided differences `f[w_i, w_j]`, `f'(w_i)` on ties."""
+    fprime = jnp.vectorize(jax.grad(f))
+    wi, wj = w[..., :, None], w[..., None, :]
+    gap = wi - wj
+    scale = jnp.maximum(jnp.max(jnp.abs(w), axis=-1, keepdims=True)[..., None], 1.0)
+    tie = jnp.abs(gap) <= jnp.sqrt(jnp.finfo(w.dtype).eps) * scale
+    safe_gap = jnp.where(tie, 1.0, gap)
+    diff = (f(wi) - f(wj)) / safe_gap
+    return jnp.where(tie, fprime((wi + wj) / 2), diff)
+
+
+@funm_sym.defjvp
+def _funm_sym_jvp(f, primals, tangents):
+    (T,), (dT,) = primals, tangents
+    w, V = jnp.linalg.eigh(T)
+    Vt = jnp.swapaxes(V, -1, -2)
+    out = (V * f(w)[..., None, :]) @ Vt
+    dT = (dT + jnp.swapaxes(dT, -1, -2)) / 2
+    inner = divided_differences(f, w) * (Vt @ dT @ V)
+    return out, V @ inner @ Vt
