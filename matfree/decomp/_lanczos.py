@@ -186,7 +186,8 @@ def _lanczos_impl(fn, depth, reortho, V0, params):
         w = mv(q)
         a = jnp.sum(q * w, axis=1)
         u = w - a[:, None] * q - b_prev[:, None] * q_prev
-        if reortho:
+        if reortho:  # twice is enough (Kahan, Parlett): keeps float32 orthogonal
+            u, _ = _krylov.project_out(Q, u)
             u, _ = _krylov.project_out(Q, u)
         b = safe_norm(u)
         broke = (b <= _krylov.breakdown_tol(w)) & (i < depth - 1)
