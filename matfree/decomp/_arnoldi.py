@@ -163,19 +163,24 @@ def _arnoldi_adjoint(fn, depth, V0, params):
 
 
 def _arnoldi_fwd(fn, depth, V0, params):
+    V0, params = _krylov.unwrap_primals(V0, params)
     out = _arnoldi_impl(fn, depth, V0, params)
     return out, (out, params)
 
 
 def _arnoldi_bwd(fn, depth, residuals, cotangents):
     (Q, H, r, c, _, _), params = residuals
-    Qbar, Hbar, rbar, cbar, _, _ = cotangents
+    Qbar, Hbar, rbar, cbar = _krylov.instantiate(
+        cotangents[:4], (Q, H, r, c), keep_none=(True, False, True, False)
+    )
     k = H.shape[-1]
     # Only the Hessenberg pattern of H is an output; ignore cotangents below it.
     Hbar = Hbar * jnp.triu(jnp.ones((k, k), H.dtype), -1)
     sub = jnp.arange(k - 1)
     valid = H[:, sub + 1, sub] != 0
-    return _krylov.adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, valid)
+    return _krylov.adjoint(
+        fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, valid, tridiagonal=False
+    )
 
 
-_arnoldi_adjoint.defvjp(_arnoldi_fwd, _arnoldi_bwd)
+_arnoldi_adjoint.defvjp(_arnoldi_fwd, _arnoldi_bwd, symbolic_zeros=True)

@@ -73,7 +73,26 @@ def status_of(c, *arrays):
     return jnp.where(finite, status, STATUS_NONFINITE).astype(jnp.int32)
 
 
-def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid):
+def unwrap_primals(V0, params):
+    """Strip the `CustomVJPPrimal` wrappers that `symbolic_zeros=True` adds."""
+
+    def value(x):
+        return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
+
+    return value(V0), [value(p) for p in params]
+
+
+def instantiate(cotangents, primals, keep_none):
+    """Replace symbolic-zero cotangents by zeros, or by `None` where allowed."""
+    out = []
+    for ct, x, none_ok in zip(cotangents, primals, keep_none, strict=True):
+        if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+            ct = None if none_ok else jnp.zeros_like(x)
+        out.append(ct)
+    return out
+
+
+def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid, *, tridiagonal):
     """Adjoint of an Arnoldi-type decomposition `A Q^T = Q^T H + r e_k^T`.
 
     Implements the adjoint system of Krämer et al. (NeurIPS 2024) for the
@@ -87,10 +106,13 @@ def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid):
     `Hbar = diag(abar) + subdiag(bbar)`: the orthogonality constraints of a
     symmetric decomposition are redundant, and this choice of multipliers is
     the one that keeps every multiplier's components along the basis fixed.
+    With `tridiagonal=True` only two multipliers are kept at a time (memory
+    `O(n)` on top of the basis); otherwise all `k` are (Arnoldi needs them).
 
     Shapes (block of m): Q (m, k, n), H (m, k, k), r (m, n), c (m,),
     subdiag_valid (m, k-1) False where the iteration broke down (restarted).
-    Returns `(v0bar, params_bar)`.
+    `Qbar` and `rbar` may be `None` (zero cotangents). Returns
+    `(v0bar, params_bar)`.
     """
     m, k, _ = Q.shape
     dtype = Q.dtype
@@ -106,58 +128,70 @@ def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid):
     Hbar = Hbar.at[:, sub + 1, sub].multiply(subdiag_valid.astype(dtype))
 
     # Initial multiplier: lambda_k = (I - Q^T Q) rbar + Q^T Hbar[:, k].
-    gamma = Hbar[:, :, k - 1] - jnp.einsum("mkn,mn->mk", Q, rbar)
-    lam_last = rbar + jnp.einsum("mk,mkn->mn", gamma, Q)
-    Lam = jnp.zeros_like(Q).at[:, k - 1].set(lam_last)
+    gamma = Hbar[:, :, k - 1]
+    if rbar is not None:
+        gamma = gamma - jnp.einsum("mkn,mn->mk", Q, rbar)
+    lam_last = jnp.einsum("mk,mkn->mn", gamma, Q)
+    if rbar is not None:
+        lam_last = lam_last + rbar
+    if tridiagonal:
+        lams = (lam_last, jnp.zeros_like(lam_last))  # (lambda_j, lambda_{j+1})
+    else:
+        lams = jnp.zeros_like(Q).at[:, k - 1].set(lam_last)
     Gam = jnp.zeros((m, k, k), dtype)
     pbar0 = jax.tree_util.tree_map(jnp.zeros_like, list(params))
     v0bar0 = jnp.zeros_like(r)
     idx = jnp.arange(k)
 
     def body(carry, j):
-        Lam, Gam, pbar, v0bar = carry
+        lams, Gam, pbar, v0bar = carry
         q_j = Q[:, j]
-        lam_j = Lam[:, j]
+        if tridiagonal:
+            lam_j, lam_next = lams
+            jp1 = jnp.minimum(j + 1, k - 1)
+            h_next = jnp.where(j + 1 < k, H[:, j, jp1], 0.0)
+            H_lam = H[:, j, j, None] * lam_j + h_next[:, None] * lam_next
+        else:
+            lam_j = lams[:, j]
+            upper = (idx >= j).astype(dtype)  # H[j, i] for i >= j
+            H_lam = jnp.einsum("mi,min->mn", H[:, j, :] * upper, lams)
         At_lam, pbar_j = matvec_vjp(q_j, lam_j)
         pbar = jax.tree_util.tree_map(jnp.add, pbar, list(pbar_j))
 
-        upper = (idx >= j).astype(dtype)  # H[j, i] for i >= j
-        later = (idx > j).astype(dtype)  # Gamma[i, j] for i > j, known already
-        z = (
-            Qbar[:, j]
-            + At_lam
-            - jnp.einsum("mi,min->mn", H[:, j, :] * upper, Lam)
-            + gamma[:, j, None] * r
-            + jnp.einsum("mi,min->mn", Gam[:, j, :] * later, Q)
-        )
-        lower = (idx <= j).astype(dtype)  # basis vectors q_i, i <= j
-        zq = jnp.einsum("min,mn->mi", Q, z) * lower
-        z_perp = z - jnp.einsum("mi,min->mn", zq, Q)
+        z0 = At_lam - H_lam + gamma[:, j, None] * r
+        if Qbar is not None:
+            z0 = z0 + Qbar[:, j]
+        # Two passes over the basis per step: project, then combine.
+        # The multiplier's components along q_i, i <= j, are set exactly (the
+        # backward counterpart of re-orthogonalisation); those along q_i, i > j,
+        # come from Gamma (symmetric: column j is read later as row i < j).
+        later = (idx > j).astype(dtype)
+        lower = (idx <= j).astype(dtype)
+        zq = jnp.einsum("min,mn->mi", Q, z0) * lower
+        coeff = Gam[:, j, :] * later - zq  # z_perp = z0 + coeff @ Q
 
-        # j >= 1: multiplier lambda_{j-1} and the column j of Gamma.
+        # j >= 1: lambda_{j-1} = z_perp / h + Hbar[:j+1, j-1] @ Q and Gamma[:, j].
+        # j == 0: the cotangent of v0 = z_perp / c + cbar q_1.
         jm1 = jnp.maximum(j - 1, 0)
         h = H[:, j, jm1]
-        ok = (h != 0) & (j >= 1)
-        h_safe = jnp.where(ok, h, 1.0)
-        hbar_col = Hbar[:, :, jm1] * lower
-        lam_prev = jnp.where(ok[:, None], z_perp / h_safe[:, None], 0.0) + jnp.einsum(
-            "mi,min->mn", hbar_col, Q
-        )
-        gam_col = (jnp.where(ok, h, 0.0)[:, None] * hbar_col - zq) * lower
-        write = j >= 1
-        Lam = jnp.where(write, Lam.at[:, jm1].set(lam_prev), Lam)
-        # Gamma is symmetric: column j is read in later steps as row i < j.
-        Gam = jnp.where(write, Gam.at[:, :, j].set(gam_col), Gam)
+        ok = jnp.where(j >= 1, h != 0, c > 0)
+        denom = jnp.where(ok, jnp.where(j >= 1, h, c), 1.0)
+        hbar_col = Hbar[:, :, jm1] * lower * (j >= 1)
+        weights = jnp.where(ok[:, None], coeff / denom[:, None], 0.0) + hbar_col
+        out = jnp.where(ok[:, None], z0 / denom[:, None], 0.0)
+        out = out + jnp.einsum("mi,min->mn", weights, Q)
 
-        # j == 0: the cotangent of v0.
-        c_safe = jnp.where(c > 0, c, 1.0)
-        v0bar_j = jnp.where(
-            (c > 0)[:, None], z_perp / c_safe[:, None] + cbar[:, None] * Q[:, 0], 0.0
-        )
+        gam_col = (jnp.where(ok, h, 0.0)[:, None] * hbar_col - zq) * lower
+        Gam = Gam.at[:, :, j].set(jnp.where(j >= 1, gam_col, Gam[:, :, j]))
+        if tridiagonal:
+            lams = (out, lam_j)
+        else:
+            lams = lams.at[:, jm1].set(jnp.where(j >= 1, out, lams[:, jm1]))
+        v0bar_j = jnp.where((c > 0)[:, None], out + cbar[:, None] * Q[:, 0], 0.0)
         v0bar = jnp.where(j == 0, v0bar_j, v0bar)
-        return (Lam, Gam, pbar, v0bar), None
+        return (lams, Gam, pbar, v0bar), None
 
     (_, _, pbar, v0bar), _ = jax.lax.scan(
-        body, (Lam, Gam, pbar0, v0bar0), jnp.arange(k - 1, -1, -1)
+        body, (lams, Gam, pbar0, v0bar0), jnp.arange(k - 1, -1, -1)
     )
     return v0bar, pbar

@@ -220,22 +220,25 @@ def _lanczos_adjoint(fn, depth, reortho, V0, params):
 
 
 def _lanczos_fwd(fn, depth, reortho, V0, params):
+    V0, params = _krylov.unwrap_primals(V0, params)
     out = _lanczos_impl(fn, depth, reortho, V0, params)
     return out, (out, params)
 
 
 def _lanczos_bwd(fn, depth, reortho, residuals, cotangents):
     (Q, a, b, r, c, _, _), params = residuals
-    Qbar, abar, bbar, rbar, cbar, _, _ = cotangents
+    Qbar, abar, bbar, rbar, cbar = _krylov.instantiate(
+        cotangents[:5], (Q, a, b, r, c), keep_none=(True, False, False, True, False)
+    )
     T = _tridiag(a, b)
     Tbar = _tridiag_lower(abar, bbar)
     v0bar, pbar = _krylov.adjoint(
-        fn, params, Q, T, r, c, Qbar, Tbar, rbar, cbar, subdiag_valid=b != 0
+        fn, params, Q, T, r, c, Qbar, Tbar, rbar, cbar, b != 0, tridiagonal=True
     )
     return v0bar, pbar
 
 
-_lanczos_adjoint.defvjp(_lanczos_fwd, _lanczos_bwd)
+_lanczos_adjoint.defvjp(_lanczos_fwd, _lanczos_bwd, symbolic_zeros=True)
 
 
 def _tridiag(a, b):

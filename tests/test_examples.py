@@ -1,0 +1,38 @@
+"""The demo and every notebook run end to end at small size."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+
+
+def _run(args, tmp_path, timeout=600):
+    env = dict(os.environ, MATFREE_SMALL="1", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_demo_runs_and_saves_a_figure(tmp_path):
+    out = _run(
+        [str(ROOT / "examples" / "demo.py"), "--small", "--out", "demo.png"], tmp_path
+    )
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    assert "saved" in out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_at_small_size(path, tmp_path):
+    _run([str(path)], tmp_path)
