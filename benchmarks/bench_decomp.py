@@ -19,16 +19,16 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import _util  # noqa: E402
+import _util
 
-from matfree import _dense, decomp, operators  # noqa: E402
+from matfree import _dense, decomp, operators
 
 jax.config.update("jax_enable_x64", True)
 
 
 def make_problem(kind, n):
     if kind == "stencil":
-        side = int(round(n**0.5))
+        side = round(n**0.5)
         shape = (side, n // side)
 
         def make_matvec(theta):
@@ -44,7 +44,7 @@ def make_problem(kind, n):
             )
 
         theta0 = jnp.asarray(0.2)
-    n_eff = n if kind == "kernel" else int(round(n**0.5)) * (n // int(round(n**0.5)))
+    n_eff = n if kind == "kernel" else round(n**0.5) * (n // round(n**0.5))
     v0 = jax.random.normal(jax.random.PRNGKey(1), (n_eff,))
     return make_matvec, theta0, v0
 
