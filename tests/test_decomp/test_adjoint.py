@@ -215,3 +215,15 @@ def test_pytree_gradient():
     v = {"a": jnp.ones(2), "b": jnp.arange(1.0, 5.0)}
     g1, g2 = jax.grad(f)(v, True), jax.grad(f)(v, False)
     assert jnp.allclose(g1["a"], g2["a"]) and jnp.allclose(g1["b"], g2["b"])
+
+
+def test_forward_mode_needs_custom_vjp_false():
+    A = test_util.spd_matrix(jax.random.PRNGKey(0), 6)
+
+    def f(s, custom):
+        return decomp.lanczos(lambda x: s * (A @ x), jnp.ones(6), 3, custom_vjp=custom).diag
+
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(lambda s: f(s, True), (1.0,), (1.0,))
+    _, tangent = jax.jvp(lambda s: f(s, False), (1.0,), (1.0,))
+    assert jnp.allclose(tangent, f(1.0, False))  # the diagonal is linear in s
