@@ -1,0 +1,103 @@
+"""Bad input (trace-time errors) and run-time problems (status + throw) of the actions."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import matfree
+from matfree import funm
+
+A = jnp.diag(jnp.arange(1.0, 7.0))
+V = jnp.ones(6)
+
+
+def mv(x):
+    return A @ x
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda **kw: matfree.funm_action(jnp.exp, mv, V, **kw),
+        lambda **kw: matfree.exp_action(mv, V, **kw),
+        lambda **kw: matfree.sqrt_action(mv, V, **kw),
+    ],
+)
+def test_depth_errors(call):
+    with pytest.raises(ValueError, match=r"`depth` must satisfy 1 <= depth <= n = 6"):
+        call(depth=0)
+    with pytest.raises(ValueError, match=r"`depth` must satisfy 1 <= depth <= n = 6"):
+        call(depth=7)
+    with pytest.raises(TypeError, match="`depth` must be a static Python int"):
+        call(depth=2.0)
+
+
+def test_operator_errors():
+    with pytest.raises(TypeError, match="`matvec` must be a callable"):
+        matfree.exp_action(A, V, depth=2)
+    with pytest.raises(ValueError, match="must map a vector to a vector of the same shape"):
+        matfree.sqrt_action(lambda x: x[:3], V, depth=2)
+    with pytest.raises(ValueError, match="`matvec` could not be applied to `v`"):
+        matfree.funm_action(jnp.exp, mv, jnp.ones(5), depth=2)
+    with pytest.raises(TypeError, match="`v` must have a real floating dtype"):
+        matfree.funm_action(jnp.exp, mv, jnp.ones(6, dtype=int), depth=2)
+
+
+def test_f_errors():
+    with pytest.raises(TypeError, match="`f` must be a callable scalar function"):
+        matfree.funm_action("exp", mv, V, depth=2)
+    with pytest.raises(ValueError, match="`f` must act elementwise"):
+        matfree.funm_action(jnp.sum, mv, V, depth=2)
+    with pytest.raises(TypeError, match="`f` could not be applied"):
+        matfree.funm_action(lambda x: x @ jnp.ones(4), mv, V, depth=2)
+    with pytest.raises(TypeError, match="`f` returned float"):
+        matfree.funm_action(jnp.abs, mv, V, depth=2, symmetric=False)
+
+
+def test_exp_argument_errors():
+    with pytest.raises(
+        ValueError, match=r"`t` must be finite and non-negative; got t=-1\.0"
+    ):
+        matfree.exp_action(mv, V, t=-1.0, depth=2)
+    with pytest.raises(ValueError, match="`t` must be a scalar"):
+        matfree.exp_action(mv, V, t=jnp.ones(2), depth=2)
+    with pytest.raises(ValueError, match="`tol` must be a positive scalar"):
+        matfree.exp_action(mv, V, depth=2, tol=0.0)
+    with pytest.raises(ValueError, match="`num_substeps` must be at least 1"):
+        matfree.exp_action(mv, V, depth=2, num_substeps=0)
+    with pytest.raises(TypeError, match="`num_substeps` must be a static Python int"):
+        matfree.exp_action(mv, V, depth=2, num_substeps=2.5)
+
+
+def test_run_time_problems_are_reported_and_raised():
+    """One jitted function returns the status of five problem cases."""
+    B = A.at[0, 1].set(3.0)  # not symmetric
+    J = jnp.eye(6, k=1) + 2 * jnp.eye(6)  # a Jordan block: defective
+
+    @jax.jit
+    def statuses(v):
+        kw = {"return_info": True, "throw": False}
+        return jnp.stack(
+            [
+                matfree.funm_action(jnp.exp, lambda x: B @ x, v, depth=3, **kw)[1].status,
+                matfree.sqrt_action(lambda x: -A @ x, v, depth=3, **kw)[1].status,
+                matfree.sqrt_action(lambda x: A @ x * jnp.nan, v, depth=3, **kw)[1].status,
+                matfree.funm_action(
+                    jnp.log, lambda x: J @ x, v, depth=6, symmetric=False, **kw
+                )[1].status,
+                matfree.exp_action(lambda x: A @ x, v, t=-v[0], depth=2, **kw)[1].status,
+            ]
+        )
+
+    assert statuses(V).tolist() == [3, 2, 1, 4, 6]
+    assert "not symmetric" in funm.STATUS_MESSAGES[3]
+
+    with pytest.raises(
+        (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError), match="non-positive Ritz"
+    ):
+        jax.jit(lambda v: matfree.sqrt_action(lambda x: -A @ x, v, depth=3))(V)
+    _, info = matfree.sqrt_action(
+        lambda x: -A @ x, V, depth=3, inverse=True, throw=False, return_info=True
+    )
+    assert int(info.status) == 2  # reported, not silent
