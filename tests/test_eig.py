@@ -1,0 +1,198 @@
+"""Extreme eigenpairs and spectral densities against `jnp.linalg.eigh`."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from matfree import eig, test_util
+
+N = 80
+# Well-separated extremes, a cluster in the middle.
+EIGVALS = jnp.concatenate(
+    [jnp.array([0.01, 0.1]), jnp.linspace(1.0, 2.0, N - 4), jnp.array([5.0, 8.0])]
+)
+
+
+@functools.cache
+def matrix(dtype=jnp.float64):
+    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(0), EIGVALS)
+    return A.astype(dtype)
+
+
+V0 = jax.random.normal(jax.random.PRNGKey(1), (N,))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "depth", "which"))
+def extreme_of(A, v0, *, k, depth, which="largest", tol=None):
+    return eig.extreme(lambda v: A @ v, v0, k=k, depth=depth, which=which, tol=tol)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_extreme_pairs_match_eigh(which):
+    A = matrix()
+    res = extreme_of(A, V0, k=2, depth=40, which=which)
+    w, V = jnp.linalg.eigh(A)
+    if which == "largest":
+        w, V = w[::-1], V[:, ::-1]
+    assert jnp.allclose(res.eigenvalues, w[:2], rtol=1e-10)
+    overlap = jnp.abs(jnp.sum(res.eigenvectors * V[:, :2].T, axis=1))
+    assert jnp.allclose(overlap, 1.0, atol=1e-8)
+    actual = jnp.linalg.norm(
+        res.eigenvectors @ A - res.eigenvalues[:, None] * res.eigenvectors, axis=1
+    )
+    assert jnp.allclose(res.residual_norms, actual, rtol=1e-3, atol=1e-12)
+    assert jnp.all(res.converged)
+    assert res.status == 0
+    assert res.num_matvecs == 40
+
+
+def test_unconverged_pairs_are_flagged():
+    A = matrix()
+    res = extreme_of(A, V0, k=4, depth=12, tol=1e-8)
+    w = jnp.linalg.eigvalsh(A)[::-1]
+    # The two outliers converge, the cluster edge does not at this depth.
+    assert bool(res.converged[0]) and not bool(res.converged[3])
+    assert jnp.abs(res.eigenvalues[3] - w[3]) > 1e-8
+    # Ritz values lie inside the spectrum (interlacing).
+    assert jnp.all(res.eigenvalues <= w[:4] + 1e-12)
+    with pytest.raises(Exception, match="did not converge"):
+        eig.extreme(lambda v: A @ v, V0, k=4, depth=12, tol=1e-8, throw=True)
+
+
+def test_gradient_of_largest_eigenvalue():
+    A = matrix()
+    B = jax.random.normal(jax.random.PRNGKey(2), (N, N))
+    B = (B + B.T) / 2
+
+    def f(t):
+        M = A + t * B
+        return extreme_of(M, V0, k=1, depth=40).eigenvalues[0]
+
+    def ref(t):
+        return jnp.linalg.eigvalsh(A + t * B)[-1]
+
+    g = jax.jit(jax.grad(f))(0.01)
+    assert jnp.allclose(g, jax.grad(ref)(0.01), rtol=1e-8)
+
+
+def test_vmap_over_start_vectors_and_pytrees():
+    A = matrix()
+    V0s = jax.random.normal(jax.random.PRNGKey(3), (3, N))
+    res = jax.vmap(lambda v: extreme_of(A, v, k=1, depth=40))(V0s)
+    assert jnp.allclose(res.eigenvalues[:, 0], 8.0, rtol=1e-10)
+    like = {"a": V0[:50], "b": V0[50:]}
+
+    def mv(v):
+        x = jnp.concatenate([v["a"], v["b"]])
+        y = A @ x
+        return {"a": y[:50], "b": y[50:]}
+
+    res = eig.extreme(mv, like, k=1, depth=40)
+    assert res.eigenvectors["a"].shape == (1, 50)
+    assert jnp.allclose(res.eigenvalues[0], 8.0)
+
+
+def test_float32():
+    A = matrix(jnp.float32)
+    res = extreme_of(A, V0.astype(jnp.float32), k=2, depth=40)
+    assert res.eigenvalues.dtype == jnp.float32
+    assert jnp.allclose(res.eigenvalues, jnp.array([8.0, 5.0]), rtol=1e-5)
+    assert jnp.all(res.converged)  # default tol: sqrt(eps) of float32
+
+
+@functools.partial(jax.jit, static_argnames=("depth", "num_probes", "grid"))
+def density_of(A, key, *, depth, num_probes, grid=200, smoothing=None):
+    like = jnp.zeros(A.shape[0], A.dtype)
+    return eig.spectral_density(
+        lambda v: A @ v,
+        like,
+        key=key,
+        depth=depth,
+        num_probes=num_probes,
+        grid=grid,
+        smoothing=smoothing,
+    )
+
+
+def smoothed_density(eigvals, grid, sigma):
+    u = (grid[:, None] - eigvals[None, :]) / sigma
+    return jnp.mean(jnp.exp(-0.5 * u**2), axis=1) / (sigma * jnp.sqrt(2 * jnp.pi))
+
+
+def test_spectral_density_matches_smoothed_eigenvalues():
+    eigvals = jnp.concatenate([jnp.linspace(0.0, 1.0, 100), jnp.linspace(3.0, 3.5, 50)])
+    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(4), eigvals)
+    sd = density_of(A, jax.random.PRNGKey(5), depth=40, num_probes=30, smoothing=0.1)
+    ref = smoothed_density(eigvals, sd.grid, 0.1)
+    dx = sd.grid[1] - sd.grid[0]
+    assert jnp.abs(jnp.sum(sd.density) * dx - 1.0) < 1e-3
+    assert jnp.sum(jnp.abs(sd.density - ref)) * dx < 0.1  # L1 distance
+    # The first moment is the Hutchinson estimate of tr(A) / n.
+    mean = jnp.sum(sd.weights * sd.nodes) / 30
+    assert jnp.abs(mean - jnp.mean(eigvals)) < 0.05
+    assert sd.nodes.shape == (30, 40) and sd.weights.shape == (30, 40)
+    assert sd.grid[0] < 0.0 and sd.grid[-1] > 3.5
+
+
+def test_spectral_density_on_given_grid_with_default_smoothing():
+    A = matrix()
+    grid = jnp.linspace(-1.0, 9.0, 50)
+    sd = eig.spectral_density(
+        lambda v: A @ v,
+        jnp.zeros(N),
+        key=jax.random.PRNGKey(6),
+        depth=10,
+        num_probes=4,
+        grid=grid,
+    )
+    assert jnp.array_equal(sd.grid, grid)
+    assert jnp.allclose(sd.smoothing, 0.01 * (sd.nodes.max() - sd.nodes.min()))
+    assert jnp.all(sd.density >= 0)
+
+
+def _mv(v):
+    return 2.0 * v
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": 0}, ValueError, "`k` must be at least 1"),
+        ({"k": 6}, ValueError, "`k` must be at least 1 and at most 5"),
+        ({"depth": 11}, ValueError, r"`depth` must satisfy 1 <= depth <= n = 10"),
+        ({"which": "middle"}, ValueError, '`which` must be "largest" or "smallest"'),
+    ],
+)
+def test_extreme_errors(kwargs, error, match):
+    kwargs = {"k": 2, "depth": 5, **kwargs}
+    with pytest.raises(error, match=match):
+        eig.extreme(_mv, jnp.ones(10), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_probes": 0}, ValueError, "`num_probes` must be at least 1"),
+        ({"depth": 0}, ValueError, r"`depth` must satisfy"),
+        ({"probes": "unit"}, ValueError, '`probes` must be "rademacher" or "gaussian"'),
+        ({"key": None}, TypeError, "`key` is required"),
+        ({"grid": jnp.zeros((2, 2))}, ValueError, "`grid` must be an int or a 1-D array"),
+        ({"grid": 1}, ValueError, "`grid` must be at least 2"),
+    ],
+)
+def test_density_errors(kwargs, error, match):
+    kwargs = {"key": jax.random.PRNGKey(0), "depth": 3, "num_probes": 2, **kwargs}
+    with pytest.raises(error, match=match):
+        eig.spectral_density(_mv, jnp.ones(10), **kwargs)
+
+
+def test_like_must_match_operator():
+    A = jnp.eye(5)
+    with pytest.raises(ValueError, match="`matvec` could not be applied to `v0`"):
+        eig.extreme(lambda v: A @ v, jnp.ones(4), k=1, depth=2)
+    with pytest.raises(ValueError, match="`matvec` could not be applied to `like`"):
+        eig.spectral_density(
+            lambda v: A @ v, jnp.ones(4), key=jax.random.PRNGKey(0), depth=2, num_probes=1
+        )
