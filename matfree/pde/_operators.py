@@ -1,0 +1,315 @@
+"""Finite-volume grid operators on the unit square, written with array shifts.
+
+Grid: `(ny, nx)` interior nodes at `x_j = (j + 1) h_x`, `y_i = (i + 1) h_y`,
+`h_x = 1 / (nx + 1)`, `h_y = 1 / (ny + 1)`, zero Dirichlet values on the
+boundary. Coefficient fields live on the nodes; the coefficient on the face
+between two nodes is the harmonic mean of their values (the conservative
+two-point flux), and on a boundary face the value of the adjacent node.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_field(k, name: str = "k") -> jax.Array:
+    """Return `k` as an array after checking it is a 2-D real floating field."""
+    k = jnp.asarray(k)
+    if k.ndim != 2 or min(k.shape) < 1:
+        msg = (
+            f"`{name}` must be a 2-D field of shape (ny, nx) with ny, nx >= 1 "
+            f"(one value per grid node); got shape {k.shape}."
+        )
+        raise ValueError(msg)
+    if not jnp.issubdtype(k.dtype, jnp.floating):
+        msg = (
+            f"`{name}` must have a real floating dtype; got {k.dtype}. "
+            f"Cast it, e.g. `{name}.astype(float)`."
+        )
+        raise TypeError(msg)
+    return k
+
+
+def check_positive(k, name: str = "k") -> None:
+    """Raise a `ValueError` if a concrete field `k` has non-positive entries.
+
+    Traced fields (under `jit`/`grad`) are not checked here; `solve` checks
+    them at run time.
+    """
+    if isinstance(k, jax.core.Tracer):
+        return
+    kmin = float(np.min(np.asarray(k)))
+    if not kmin > 0:
+        msg = (
+            f"`{name}` must be positive everywhere (a diffusion coefficient); got "
+            f"min({name}) = {kmin}. Parametrise it as `{name} = exp(theta)` or "
+            f"`softplus(theta)`."
+        )
+        raise ValueError(msg)
+
+
+def spacing(shape) -> tuple[float, float]:
+    """Grid spacings `(h_y, h_x)` of a `(ny, nx)` grid on the unit square."""
+    ny, nx = shape
+    return 1.0 / (ny + 1), 1.0 / (nx + 1)
+
+
+def _harmonic(a, b):
+    return 2 * a * b / (a + b)
+
+
+def face_coefficients(k):
+    """Face coefficients `(k_x, k_y)` of shapes `(ny, nx + 1)` and `(ny + 1, nx)`."""
+    kx = jnp.concatenate([k[:, :1], _harmonic(k[:, :-1], k[:, 1:]), k[:, -1:]], axis=1)
+    ky = jnp.concatenate([k[:1, :], _harmonic(k[:-1, :], k[1:, :]), k[-1:, :]], axis=0)
+    return kx, ky
+
+
+def _check_vector(u, shape):
+    if jnp.shape(u) != tuple(shape):
+        msg = (
+            f"the PDE operator acts on fields of the grid shape {tuple(shape)}; got "
+            f"`u` of shape {jnp.shape(u)}. Reshape the vector, e.g. "
+            f"`u.reshape{tuple(shape)}`."
+        )
+        raise ValueError(msg)
+
+
+def diffusion(k):
+    r"""Return the matvec `u -> div(k grad u)` on the unit square, zero Dirichlet.
+
+    The conservative 5-point (two-point flux finite-volume) discretisation
+
+    $$
+    (A u)_{ij} = \frac{k_{i,j+1/2}(u_{i,j+1} - u_{ij}) - k_{i,j-1/2}(u_{ij} - u_{i,j-1})}
+    {h_x^2} + (\text{same in } y),
+    $$
+
+    with face coefficients the harmonic means of the neighbouring node values
+    and `u = 0` outside the grid. `A = -D^T diag(k_faces) D` is symmetric and,
+    for `k > 0`, negative definite, with spectrum in
+    `[-spectral_bound(k), 0)`.
+
+    Parameters
+    ----------
+    k
+        Positive coefficient field, shape `(ny, nx)`, one value per interior
+        node. A concrete `k` with a non-positive entry raises `ValueError`; a
+        traced one is checked by `solve` at run time.
+
+    Returns
+    -------
+    matvec
+        `u -> A u` for `u` of shape `(ny, nx)`; gradients reach `k`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> mv = diffusion(jnp.ones((3, 3)))
+    >>> mv(jnp.ones((3, 3)))  # 16 = 1/h^2: flux through the boundary only
+    Array([[-32., -16., -32.],
+           [-16.,   0., -16.],
+           [-32., -16., -32.]], dtype=float64)
+    """
+    k = check_field(k)
+    check_positive(k)
+    shape = k.shape
+    hy, hx = spacing(shape)
+    kx, ky = face_coefficients(k)
+
+    def matvec(u):
+        _check_vector(u, shape)
+        ux = jnp.pad(u, ((0, 0), (1, 1)))
+        uy = jnp.pad(u, ((1, 1), (0, 0)))
+        fx = kx * (ux[:, 1:] - ux[:, :-1])  # fluxes through x-faces, times h_x
+        fy = ky * (uy[1:, :] - uy[:-1, :])
+        return (fx[:, 1:] - fx[:, :-1]) / hx**2 + (fy[1:, :] - fy[:-1, :]) / hy**2
+
+    return matvec
+
+
+def advection_diffusion(k, velocity):
+    r"""Return the matvec `u -> div(k grad u) - div(b u)`, zero Dirichlet.
+
+    Diffusion as in `diffusion`, plus conservative first-order upwind
+    advection by the velocity field `b = (b_x, b_y)`: the face velocity is the
+    mean of the two node values (the node value on boundary faces), and the
+    flux through a face carries `u` from its upwind side (`u = 0` outside the
+    grid). The operator is not symmetric; `solve` uses Arnoldi for it. Upwinding
+    adds numerical diffusion of order `|b| h / 2` and keeps the operator
+    dissipative for divergence-free `b`.
+
+    Parameters
+    ----------
+    k
+        Positive diffusion coefficient field, shape `(ny, nx)`.
+    velocity
+        Velocity field, shape `(2, ny, nx)`: `velocity[0]` is `b_x` (along the
+        second axis), `velocity[1]` is `b_y` (along the first axis).
+
+    Returns
+    -------
+    matvec
+        `u -> A u` for `u` of shape `(ny, nx)`; gradients reach `k` and
+        `velocity`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> k = jnp.ones((4, 4))
+    >>> b = jnp.stack([jnp.ones((4, 4)), jnp.zeros((4, 4))])
+    >>> mv = advection_diffusion(k, b)
+    >>> u, w = jnp.eye(4), jnp.arange(16.0).reshape(4, 4)
+    >>> bool(jnp.vdot(mv(u), w) == jnp.vdot(u, mv(w)))  # not symmetric
+    False
+    """
+    k = check_field(k)
+    check_positive(k)
+    velocity = check_velocity(velocity, k.shape)
+    shape = k.shape
+    hy, hx = spacing(shape)
+    diff = diffusion(k)
+    bx = _face_mean(velocity[0], axis=1)
+    by = _face_mean(velocity[1], axis=0)
+
+    def matvec(u):
+        _check_vector(u, shape)
+        ux = jnp.pad(u, ((0, 0), (1, 1)))
+        uy = jnp.pad(u, ((1, 1), (0, 0)))
+        fx = jnp.maximum(bx, 0) * ux[:, :-1] + jnp.minimum(bx, 0) * ux[:, 1:]
+        fy = jnp.maximum(by, 0) * uy[:-1, :] + jnp.minimum(by, 0) * uy[1:, :]
+        adv = (fx[:, 1:] - fx[:, :-1]) / hx + (fy[1:, :] - fy[:-1, :]) / hy
+        return diff(u) - adv
+
+    return matvec
+
+
+def _face_mean(b, axis):
+    if axis == 1:
+        return jnp.concatenate([b[:, :1], (b[:, :-1] + b[:, 1:]) / 2, b[:, -1:]], axis=1)
+    return jnp.concatenate([b[:1, :], (b[:-1, :] + b[1:, :]) / 2, b[-1:, :]], axis=0)
+
+
+def check_velocity(velocity, shape) -> jax.Array:
+    """Return `velocity` as an array after checking its shape `(2, ny, nx)`."""
+    velocity = jnp.asarray(velocity)
+    if velocity.shape != (2, *shape):
+        msg = (
+            f"`velocity` must have shape (2, ny, nx) = {(2, *shape)} to match the "
+            f"grid of `k` (shape {tuple(shape)}); got shape {velocity.shape}. Stack "
+            "the components: `jnp.stack([b_x, b_y])`."
+        )
+        raise ValueError(msg)
+    if not jnp.issubdtype(velocity.dtype, jnp.floating):
+        msg = f"`velocity` must have a real floating dtype; got {velocity.dtype}."
+        raise TypeError(msg)
+    return velocity
+
+
+def spectral_bound(k, velocity=None) -> jax.Array:
+    """Gershgorin bound on the spectral radius of `diffusion(k)` (or with advection).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> spectral_bound(jnp.ones((3, 3)))  # 2 * (2 * 16 + 2 * 16)
+    Array(128., dtype=float64)
+    """
+    k = check_field(k)
+    hy, hx = spacing(k.shape)
+    kx, ky = face_coefficients(k)
+    diag = (kx[:, 1:] + kx[:, :-1]) / hx**2 + (ky[1:, :] + ky[:-1, :]) / hy**2
+    bound = 2 * jnp.max(diag)
+    if velocity is not None:
+        velocity = check_velocity(velocity, k.shape)
+        bound = bound + 2 * (
+            jnp.max(jnp.abs(velocity[0])) / hx + jnp.max(jnp.abs(velocity[1])) / hy
+        )
+    return bound
+
+
+class Operator(eqx.Module):
+    """Base class of the PDE operators that `solve` accepts as `operator=`.
+
+    A subclass builds the matvec from the coefficient field with
+    `__call__(k)`, says with `symmetric` whether `exp_action` may use
+    Lanczos, checks `k` against its own arrays in `check(k)`, and bounds the
+    spectral radius with `spectral_bound(k)`.
+    """
+
+    symmetric: ClassVar[bool] = True
+
+    def __call__(self, k):
+        raise NotImplementedError
+
+    def check(self, k) -> None:
+        """Raise if `k` does not fit this operator (default: nothing to check)."""
+
+    def spectral_bound(self, k):
+        """An upper bound on the spectral radius of the operator."""
+        raise NotImplementedError
+
+
+class Diffusion(Operator):
+    """`div(k grad u)`, zero Dirichlet (the default of `solve`; Lanczos path).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> Diffusion().symmetric
+    True
+    """
+
+    symmetric: ClassVar[bool] = True
+
+    def __call__(self, k):
+        return diffusion(k)
+
+    def spectral_bound(self, k):
+        """Gershgorin bound, see `matfree.pde.spectral_bound`."""
+        return spectral_bound(k)
+
+
+class AdvectionDiffusion(Operator):
+    """`div(k grad u) - div(b u)` with a fixed velocity `b` (Arnoldi path).
+
+    Attributes
+    ----------
+    velocity
+        Shape `(2, ny, nx)`, see `matfree.pde.advection_diffusion`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> op = AdvectionDiffusion(jnp.zeros((2, 5, 4)))
+    >>> op.symmetric
+    False
+    """
+
+    velocity: jax.Array
+    symmetric: ClassVar[bool] = False
+
+    def __check_init__(self):
+        v = jnp.asarray(self.velocity)
+        if v.ndim != 3 or v.shape[0] != 2:
+            msg = (
+                "`velocity` must have shape (2, ny, nx) (the components b_x, b_y on "
+                f"the grid); got shape {v.shape}."
+            )
+            raise ValueError(msg)
+
+    def __call__(self, k):
+        return advection_diffusion(k, self.velocity)
+
+    def check(self, k) -> None:
+        """Check that `velocity` lives on the grid of `k`."""
+        check_velocity(self.velocity, jnp.shape(k))
+
+    def spectral_bound(self, k):
+        """Gershgorin bound, see `matfree.pde.spectral_bound`."""
+        return spectral_bound(k, self.velocity)
