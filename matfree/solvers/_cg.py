@@ -1,0 +1,66 @@
+"""Preconditioned conjugate gradients for symmetric positive definite operators."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from matfree.solvers import _common as c
+
+
+def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
+    """Preconditioned CG on a block `B` (m, n); see `matfree.solve`.
+
+    Stops a column when `|r| <= tol`, and reports non-positive curvature
+    `p^T A p <= 0` (an indefinite operator) instead of stepping.
+
+    References
+    ----------
+    M. R. Hestenes, E. Stiefel. Methods of conjugate gradients for solving
+    linear systems. J. Res. Nat. Bur. Standards 49 (1952).
+    """
+    m = B.shape[0]
+    X = jnp.zeros_like(B) if X0 is None else X0
+    R = B if X0 is None else B - mv(X0)
+    Z = R if pc is None else pc(R)
+    rz = c.dot(R, Z)
+    res = c.norm(R)
+    flag = c.initial_flag(res, tol)
+    k = jnp.zeros((m,), jnp.int32)
+    hist = c.new_history(res, maxiter, history)
+    state = (X, R, Z, rz, k, flag, hist)
+
+    def cond(state):
+        *_, k, flag, _ = state
+        return jnp.any(c.active(flag, k, maxiter))
+
+    def body(state):
+        X, R, P, rz, k, flag, hist = state
+        act = c.active(flag, k, maxiter)
+        AP = mv(P)
+        pAp = c.dot(P, AP)
+        indefinite = act & ~(pAp > 0)
+        step = act & ~indefinite
+        alpha = jnp.where(step, c.div(rz, pAp), 0)
+        X = X + c.col(alpha) * P
+        R = R - c.col(alpha) * AP
+        if pc is None:
+            Z = R
+            rz_new = c.dot(R, R)
+            res = jnp.sqrt(rz_new)
+            broke = None  # r^T r = 0 means converged
+        else:
+            Z = pc(R)
+            rz_new = c.dot(R, Z)
+            res = c.norm(R)
+            # A non-SPD preconditioner shows as r^T M r <= 0 for r != 0.
+            broke = ~(rz_new > 0)
+        beta = jnp.where(step, c.div(rz_new, rz), 0)
+        P = Z + c.col(beta) * P
+        rz = jnp.where(step, rz_new, rz)
+        k = k + act
+        hist = c.record(hist, k, act, res)
+        flag = c.update_flag(flag, act, res, tol, broke=broke, indefinite=indefinite)
+        return X, R, P, rz, k, flag, hist
+
+    X, *_, k, flag, hist = c.loop(cond, body, state, maxiter, differentiable)
+    return c.Raw(X, k, flag, hist)

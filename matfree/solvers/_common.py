@@ -1,0 +1,122 @@
+"""Machinery shared by the Krylov solvers.
+
+Every method runs on a *block* of `m` right-hand sides at once, shape
+`(m, n)`: one batched matvec per step. Per-column scalars have shape `(m,)`.
+A column that has stopped (converged, broke down, ...) keeps running through
+the loop with step lengths masked to zero, so its iterate no longer changes;
+the loop ends when no column is active.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from matfree._flat import safe_norm
+
+RUNNING = -1
+CONVERGED = 0
+MAXITER = 1
+BREAKDOWN = 2
+INDEFINITE = 3
+NONFINITE = 4
+
+STATUS_MESSAGES = (
+    "converged.",
+    "the solver did not converge within `maxiter` iterations; increase `maxiter`, "
+    "loosen `rtol`/`atol` or use a preconditioner.",
+    "the solver broke down (a division by zero in its recurrence, e.g. a "
+    "non-SPD preconditioner or a stagnating BiCGStab); try another `method`.",
+    "conjugate gradients met non-positive curvature `p^T A p <= 0`: the operator "
+    "(or the preconditioner) is not positive definite; use `method='minres'` "
+    "for symmetric indefinite operators.",
+    "non-finite values (NaN or inf) in `b`, `x0` or the operator's output.",
+)
+
+
+class Raw(NamedTuple):
+    """What a method returns on the block: iterate, steps, status, history."""
+
+    x: jax.Array  # (m, n)
+    num_steps: jax.Array  # (m,) int32
+    flag: jax.Array  # (m,) int32, RUNNING where stopped by maxiter
+    history: Any  # (m, maxiter + 1) or None
+
+
+def div(a, b):
+    """`a / b`, and zero where `b == 0`; safe for autodiff."""
+    ok = b != 0
+    return jnp.where(ok, a / jnp.where(ok, b, 1), 0)
+
+
+def dot(X, Y):
+    """Column-wise inner products of two blocks (m, n) -> (m,)."""
+    return jnp.sum(X * Y, axis=-1)
+
+
+def norm(X):
+    """Column-wise Euclidean norms (m, n) -> (m,); zero gradient at 0, NaN stays NaN."""
+    sq = jnp.sum(X * X, axis=-1)
+    return jnp.where(sq == 0, 0, safe_norm(X, axis=-1) + jnp.where(jnp.isnan(sq), sq, 0))
+
+
+def col(s):
+    """A per-column scalar (m,) as a column (m, 1) for broadcasting."""
+    return s[:, None]
+
+
+def initial_flag(res, tol):
+    """Status before the first step: converged, running or non-finite."""
+    flag = jnp.where(res <= tol, CONVERGED, RUNNING)
+    return jnp.where(jnp.isfinite(res), flag, NONFINITE).astype(jnp.int32)
+
+
+def update_flag(flag, act, res, tol, broke=None, indefinite=None):
+    """Update the status of the columns that were active in this step."""
+    new = jnp.where(res <= tol, CONVERGED, RUNNING)
+    if broke is not None:
+        new = jnp.where(broke & (new != CONVERGED), BREAKDOWN, new)
+    if indefinite is not None:
+        new = jnp.where(indefinite, INDEFINITE, new)
+    new = jnp.where(jnp.isfinite(res), new, NONFINITE)
+    return jnp.where(act, new, flag).astype(jnp.int32)
+
+
+def active(flag, num_steps, maxiter):
+    """Columns that take another step."""
+    return (flag == RUNNING) & (num_steps < maxiter)
+
+
+def new_history(res, maxiter, enabled):
+    """A residual-history buffer with the initial residual in column 0."""
+    if not enabled:
+        return None
+    h = jnp.full((res.shape[0], maxiter + 1), jnp.nan, res.dtype)
+    return h.at[:, 0].set(res)
+
+
+def record(history, num_steps, act, res):
+    """Write `res` at position `num_steps` for the active columns."""
+    if history is None:
+        return None
+    rows = jnp.arange(history.shape[0])
+    old = history[rows, num_steps]
+    return history.at[rows, num_steps].set(jnp.where(act, res, old))
+
+
+def loop(cond, body, init, maxiter: int, differentiable: bool):
+    """`while_loop`, or a static-length loop that autodiff can reverse through."""
+    if not differentiable:
+        return jax.lax.while_loop(cond, body, init)
+
+    def step(_, state):
+        return jax.lax.cond(cond(state), body, lambda s: s, state)
+
+    return jax.lax.fori_loop(0, maxiter, step, init)
+
+
+def identity(X):
+    """The identity preconditioner."""
+    return X

@@ -1,0 +1,104 @@
+"""Run-time conditions: reported in the `Solution`, raised with `throw=True`."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+from solver_helpers import N, dense_solve, solve_and_grad
+
+import matfree
+from matfree import precond, test_util
+
+# Solves go through the shared jitted `solve_and_grad` / `dense_solve` (rtol
+# 1e-6 is the float64 default), so tests with the same method, shape and
+# options share one compile (also with test_methods and test_gradients).
+
+
+def _spd():
+    return test_util.spd_matrix(jax.random.PRNGKey(0), N, 1e4)
+
+
+def test_nonconvergence_is_reported():
+    A = _spd()
+    b = jnp.ones(N)
+    sol = dense_solve(A, b, 1e-12, maxiter=3)
+    assert not bool(sol.converged)
+    assert int(sol.status) == 1
+    assert int(sol.num_steps) == 3
+    assert float(sol.residual_norm) > 1e-12 * float(jnp.linalg.norm(b))
+    assert bool(jnp.all(jnp.isfinite(sol.value)))
+
+
+def test_nonconvergence_raises_with_throw():
+    A = _spd()
+    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge within `maxiter`"):
+        # eager: under `jit` the error surfaces as a JaxRuntimeError
+        matfree.solve(lambda v: A @ v, jnp.ones(N), maxiter=3, rtol=1e-12, throw=True)
+
+
+def test_cg_reports_indefinite_operator():
+    eigs = jnp.concatenate([-jnp.ones(5), jnp.linspace(1.0, 10.0, N - 5)])
+    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(1), eigs)
+    b = jnp.ones(N)
+    sol = solve_and_grad(A, b, b, 1e-6, method="cg")[0]
+    assert bool(sol.indefinite)
+    assert int(sol.status) == 3
+    assert not bool(sol.converged)
+    assert bool(jnp.all(jnp.isfinite(sol.value)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-positive curvature"):
+        matfree.solve(lambda v: A @ v, b, method="cg", throw=True)
+    # MINRES handles the same operator.
+    sol = solve_and_grad(A, b, b, 1e-10, method="minres")[0]
+    assert bool(sol.converged)
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), rtol=1e-6)
+
+
+def test_cg_reports_a_negative_definite_operator_at_the_first_step():
+    sol = matfree.solve(lambda v: -v, jnp.ones(4), method="cg")
+    assert bool(sol.indefinite)
+    assert int(sol.num_steps) == 1
+    assert bool(jnp.all(sol.value == 0))
+
+
+def test_bicgstab_breakdown_is_reported():
+    # A rotation: r0^T A r0 = 0, so r_hat^T A p vanishes at the first step.
+    A = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+    sol = matfree.solve(lambda v: A @ v, jnp.array([1.0, 0.0]), method="bicgstab")
+    assert bool(sol.breakdown)
+    assert int(sol.status) == 2
+    assert not bool(sol.converged)
+    assert bool(jnp.all(jnp.isfinite(sol.value)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="broke down"):
+        matfree.solve(lambda v: A @ v, jnp.array([1.0, 0.0]), method="bicgstab", throw=True)
+    # GMRES solves it.
+    sol = matfree.solve(lambda v: A @ v, jnp.array([1.0, 0.0]), method="gmres")
+    assert bool(sol.converged)
+    assert jnp.allclose(sol.value, jnp.array([0.0, 1.0]))
+
+
+def test_cg_with_indefinite_preconditioner_reports_breakdown():
+    A = _spd()
+    d = jnp.ones(N).at[3].set(-1.0)
+    sol = dense_solve(A, jnp.ones(N), 1e-6, precond=precond.jacobi(1 / d))
+    assert int(sol.status) in (2, 3)
+    assert not bool(sol.converged)
+
+
+def test_nonfinite_values_are_reported():
+    A = _spd()
+    b = jnp.ones(N).at[0].set(jnp.nan)
+    sol = solve_and_grad(A, b, b, 1e-6, method="cg")[0]
+    assert int(sol.status) == 4
+    assert not bool(sol.converged)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
+        matfree.solve(lambda v: A @ v, b, throw=True)
+    # An operator whose output is infinite: A v + inf * v[0].
+    Ainf, b1 = A.at[:, 0].add(jnp.inf), jnp.ones(N)
+    sol = solve_and_grad(Ainf, b1, b1, 1e-6, method="gmres")[0]
+    assert int(sol.status) == 4
+
+
+def test_throw_passes_on_success_and_under_jit():
+    A = _spd()
+    x = dense_solve(A, jnp.ones(N), 1e-6, throw=True).value  # jitted
+    assert jnp.allclose(x, jnp.linalg.solve(A, jnp.ones(N)), rtol=1e-4)
