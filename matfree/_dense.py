@@ -36,10 +36,16 @@ def funm_sym(f, T: jax.Array) -> jax.Array:
 
 def divided_differences(f, w: jax.Array) -> jax.Array:
     """Matrix of first divided differences `f[w_i, w_j]`, `f'(w_i)` on ties."""
+    return divided_differences_between(f, w, w)
+
+
+def divided_differences_between(f, u: jax.Array, w: jax.Array) -> jax.Array:
+    """Matrix `f[u_i, w_j]` of divided differences, `f'` at (near) ties."""
     fprime = jnp.vectorize(jax.grad(f))
-    wi, wj = w[..., :, None], w[..., None, :]
+    wi, wj = u[..., :, None], w[..., None, :]
     gap = wi - wj
-    scale = jnp.maximum(jnp.max(jnp.abs(w), axis=-1, keepdims=True)[..., None], 1.0)
+    top = jnp.maximum(jnp.max(jnp.abs(u), axis=-1), jnp.max(jnp.abs(w), axis=-1))
+    scale = jnp.maximum(top[..., None, None], 1.0)
     tie = jnp.abs(gap) <= jnp.sqrt(jnp.finfo(w.dtype).eps) * scale
     safe_gap = jnp.where(tie, 1.0, gap)
     diff = (f(wi) - f(wj)) / safe_gap

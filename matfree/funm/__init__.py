@@ -2,7 +2,8 @@
 
 All actions reduce `f(A) v` to a small dense matrix function through
 `matfree.decomp.lanczos` (symmetric) or `matfree.decomp.arnoldi` (general),
-and are differentiable through their adjoint rules.
+and are differentiable through custom rules: for symmetric operators, a second
+Lanczos run on the cotangent (`_two_sided`); otherwise the Arnoldi adjoint.
 
 Run-time problems are reported in one way: a `FunmInfo` returned with
 `return_info=True` (field `status`, explained by `STATUS_MESSAGES`), and an

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from matfree import _checks, _dense, _flat, decomp
-from matfree.funm import _common, _diag
+from matfree.funm import _common, _diag, _two_sided
 
 
 def funm_action(
@@ -29,9 +29,15 @@ def funm_action(
     repeated Ritz values). General (`symmetric=False`): Arnoldi and
     `f(H) = V f(Lambda) V^{-1}` by diagonalising the small Hessenberg `H`.
 
-    Gradients w.r.t. `v` and every array `matvec` closes over come from the
-    adjoint rules of `matfree.decomp.lanczos` / `arnoldi` (memory `O(n depth)`,
-    one matvec-VJP per step; no backpropagation through the loop).
+    Gradients w.r.t. `v` and every array `matvec` closes over need no
+    backpropagation through a loop (memory `O(n depth)`). Symmetric path: a
+    second Lanczos run on the cotangent `ybar` gives `vbar = f(A) ybar` and the
+    operator's cotangent by the Daleckii–Krein formula across the two Ritz
+    sets (one VJP of the matvec over `depth` vectors). This differentiates
+    `f(A) v` itself, not its Krylov approximation, and stays accurate when `v`
+    is smooth (little weight on much of the spectrum), where differentiating
+    the decomposition can be wrong by orders of magnitude even though the
+    value is exact. General path: the adjoint of `matfree.decomp.arnoldi`.
 
     Parameters
     ----------
@@ -63,7 +69,7 @@ def funm_action(
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always re-orthogonalises).
     custom_vjp
-        Use the adjoint gradients of the decompositions (reverse mode). `False`
+        Use the custom gradient rules above (reverse mode only). `False`
         differentiates through the loops (forward mode too, more memory).
     return_info
         Also return a `FunmInfo` with the run-time status.
@@ -179,12 +185,29 @@ def sqrt_action(
 
 
 def lanczos_funm(f, op, flat, depth, reortho, custom_vjp, *, positive=False):
-    """`|v| Q^T f(T) e_1` from Lanczos on the flat operator, and a status code."""
-    res = decomp.lanczos(_matvec(op), flat, depth, reortho=reortho, custom_vjp=custom_vjp)
-    c = res.init_norm
-    # A zero start vector gives T = 0; f(0) may be infinite, but f(A) 0 = 0.
-    T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=flat.dtype))
-    value = c * (res.basis.T @ _dense.funm_sym(f, T)[:, 0])
+    """`|v| Q^T f(T) e_1` from Lanczos on the flat operator, and a status code.
+
+    With `custom_vjp`, gradients come from the two-sided rule in
+    `_two_sided` (a second Lanczos run on the cotangent), which differentiates
+    `f(A) v` itself rather than its Krylov approximation; otherwise autodiff
+    runs through the loop.
+    """
+    if custom_vjp:
+        value, (T, c, _) = _two_sided.lanczos_action(
+            lambda x, s, aux: f(x),
+            op.fn,
+            depth,
+            reortho,
+            flat,
+            op.params,
+            jnp.zeros((), flat.dtype),
+        )
+    else:
+        res = decomp.lanczos(_matvec(op), flat, depth, reortho=reortho, custom_vjp=False)
+        c = res.init_norm
+        # A zero start vector gives T = 0; f(0) may be infinite, but f(A) 0 = 0.
+        T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=flat.dtype))
+        value = c * (res.basis.T @ _dense.funm_sym(f, T)[:, 0])
     not_symmetric = _common.symmetry_defect(op, flat) if op.size > 1 else False
     conditions = [
         (not_symmetric, _common.STATUS_NOT_SYMMETRIC),

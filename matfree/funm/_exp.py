@@ -8,7 +8,7 @@ import numpy as np
 
 from matfree import _checks, _dense, _flat, decomp
 from matfree._flat import safe_norm
-from matfree.funm import _common
+from matfree.funm import _common, _two_sided
 
 # Candidate step sizes in the adaptive mode: remaining * RATIO**j, j < NUM.
 _CANDIDATE_RATIO = 0.5**0.5
@@ -42,8 +42,10 @@ def exp_action(
     upper bound for dissipative operators whose residual keeps its sign
     (Saad 1992; Hochbruck, Lubich, Selhofer 1998).
 
-    Gradients w.r.t. `v`, `t` and every array `matvec` closes over come from the
-    adjoint rules of the decompositions; with several substeps each substep is
+    Gradients w.r.t. `v`, `t` and every array `matvec` closes over come from
+    custom rules, as in `funm_action`: for `symmetric=True` a second Lanczos
+    run on the cotangent (accurate for smooth vectors too), otherwise the
+    adjoint of the Arnoldi decomposition; with several substeps each substep is
     checkpointed, so gradient memory is `O(n (depth + num_substeps))`, at the
     price of recomputing each substep's forward pass in the backward pass.
 
@@ -85,7 +87,7 @@ def exp_action(
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always does it).
     custom_vjp
-        Adjoint gradients (reverse mode); `False` differentiates the loops.
+        Custom gradient rules (reverse mode); `False` differentiates the loops.
     return_info
         Also return a `FunmInfo` (status, summed relative error estimate,
         substeps taken, matvecs).
@@ -160,6 +162,8 @@ def _make_step(op, depth, symmetric, reortho, custom_vjp):
         return op.fn(x, *op.params)
 
     def step(w, t, choose):
+        if symmetric and custom_vjp:
+            return _two_sided_step(w, t, choose)
         if symmetric:
             res = decomp.lanczos(matvec, w, depth, reortho=reortho, custom_vjp=custom_vjp)
             K = res.tridiag()
@@ -169,14 +173,7 @@ def _make_step(op, depth, symmetric, reortho, custom_vjp):
         c = res.init_norm
         K = jnp.where(c > 0, K, 0.0)
         h = safe_norm(jax.lax.stop_gradient(res.residual))
-        c0 = jax.lax.stop_gradient(c)
-        K0 = jax.lax.stop_gradient(K)
-        t0 = jax.lax.stop_gradient(t)
-
-        def estimates(fractions):
-            taus = t0 * fractions
-            return c0 * h * jnp.abs(_phi1_last(K0, taus, symmetric)) * taus
-
+        estimates = _estimator(K, h, c, t, symmetric)
         fraction = jax.lax.stop_gradient(choose(estimates))
         tau = t * fraction
         if symmetric:
@@ -185,7 +182,34 @@ def _make_step(op, depth, symmetric, reortho, custom_vjp):
             y = jax.scipy.linalg.expm(tau * K)[:, 0]
         return c * (res.basis.T @ y), estimates(fraction[None])[0], fraction
 
+    def _two_sided_step(w, t, choose):
+        # Symmetric operators: gradients by a second Lanczos run on the
+        # cotangent (see `_two_sided`), accurate even for smooth `w`.
+        def prepare(K, r, c, t0):
+            estimates = _estimator(K, safe_norm(r), c, t0, True)
+            fraction = choose(estimates)
+            return fraction, estimates(fraction[None])[0]
+
+        def f(lam, t, aux):
+            return jnp.exp(t * aux[0] * lam)
+
+        value, (_, _, (fraction, estimate)) = _two_sided.lanczos_action(
+            f, op.fn, depth, reortho, w, op.params, t, prepare
+        )
+        return value, estimate, fraction
+
     return step
+
+
+def _estimator(K, h, c, t, symmetric):
+    """Saad's a-posteriori error estimate as a function of the step fractions."""
+    c0, K0, t0 = (jax.lax.stop_gradient(x) for x in (c, K, t))
+
+    def estimates(fractions):
+        taus = t0 * fractions
+        return c0 * h * jnp.abs(_phi1_last(K0, taus, symmetric)) * taus
+
+    return estimates
 
 
 def _phi1_last(K, taus, symmetric):
