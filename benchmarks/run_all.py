@@ -53,7 +53,7 @@ def main():
 def assemble():
     sections = []
     for topic in sorted(
-        (p.stem for p in (HERE / "results").glob("*.md")),
+        (p.stem for p in (HERE / "results").glob("*.md") if not p.stem.endswith("_quick")),
         key=lambda t: (t not in ORDER, ORDER.index(t) if t in ORDER else 0, t),
     ):
         sections.append((HERE / "results" / f"{topic}.md").read_text().strip())

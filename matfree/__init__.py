@@ -1,6 +1,28 @@
 """matfree: differentiable, matrix-free linear algebra in JAX."""
 
-from matfree import decomp
+from matfree import decomp, eig, funm, gp, pde, precond, slq, solvers, stochtrace
+from matfree.funm import exp_action, funm_action, sqrt_action
+from matfree.slq import logdet, trace_funm
+from matfree.solvers import Solution, solve
+from matfree.stochtrace import trace
 
-__all__ = ["decomp"]
+__all__ = [
+    "Solution",
+    "decomp",
+    "eig",
+    "exp_action",
+    "funm",
+    "funm_action",
+    "gp",
+    "logdet",
+    "pde",
+    "precond",
+    "slq",
+    "solve",
+    "solvers",
+    "sqrt_action",
+    "stochtrace",
+    "trace",
+    "trace_funm",
+]
 __version__ = "0.1.0"

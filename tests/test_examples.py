@@ -12,7 +12,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 
 
 def _run(args, tmp_path, timeout=600):
-    env = dict(os.environ, MATFREE_SMALL="1", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        MATFREE_SMALL="1",
+        MATFREE_FIGURES=str(tmp_path),
+        MPLBACKEND="Agg",
+        PYTHONWARNINGS="ignore",
+    )
     proc = subprocess.run(
         [sys.executable, *args],
         cwd=tmp_path,
@@ -33,6 +39,16 @@ def test_demo_runs_and_saves_a_figure(tmp_path):
     assert "saved" in out
 
 
+def test_spectral_demo_runs_and_saves_a_figure(tmp_path):
+    out = _run(
+        [str(ROOT / "examples" / "spectral_demo.py"), "--small", "--out", "spectral.png"],
+        tmp_path,
+    )
+    assert (tmp_path / "spectral.png").stat().st_size > 1000
+    assert "saved" in out
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_at_small_size(path, tmp_path):
     _run([str(path)], tmp_path)
+    assert list(tmp_path.glob("*.png")), "the notebook saved no figure"

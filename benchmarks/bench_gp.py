@@ -1,0 +1,472 @@
+"""GP hyperparameter fitting: seconds per epoch and peak memory vs GPyTorch and dense Cholesky.
+
+One epoch = value and gradient of the negative log marginal likelihood. Same
+kernel (Matérn-3/2 ARD, 9-D protein inputs), n, precision (float32), probes,
+Lanczos depth, CG tolerance and preconditioner rank for matfree and GPyTorch
+(CPU). Every configuration runs in a fresh subprocess, so peak memory is the
+process's peak resident set size (plus XLA's compiled-memory estimate for
+matfree). Also fits the protein data (80/20 split, fixed seed) with both
+libraries for a fixed number of Adam epochs and reports test RMSE and the
+exact training loss per point (dense Cholesky at the fitted hyperparameters).
+
+Usage: python benchmarks/bench_gp.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+CFG = {"probes": 10, "depth": 10, "rtol": 0.01, "rank": 15, "lr": 0.1}
+INIT = 0.6931  # softplus(0): GPyTorch's initial lengthscale / outputscale / noise
+
+
+def _rss_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _data(n, split):
+    from matfree import gp
+
+    if split:
+        d = gp.load_protein(n=n, dtype="float32", seed=0)
+        return d["X_train"], d["y_train"], d["X_test"], d["y_test"]
+    d = gp.load_protein(n=n, train_fraction=1.0, dtype="float32", seed=0)
+    return d["X_train"], d["y_train"], None, None
+
+
+# ------------------------------------------------------------------ workers
+
+
+def _matfree_problem(X, y):
+    import jax
+    import jax.numpy as jnp
+
+    from matfree import gp
+
+    opts = {
+        "kernel": "matern32",
+        "num_probes": CFG["probes"],
+        "depth": CFG["depth"],
+        "rtol": CFG["rtol"],
+        "precond_rank": CFG["rank"],
+    }
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    n = X.shape[0]
+
+    def loss(raw, key):
+        return -gp.log_marginal_likelihood(gp.constrain(raw), X, y, key=key, **opts) / n
+
+    p0 = {
+        "lengthscale": jnp.full((X.shape[1],), INIT, jnp.float32),
+        "variance": jnp.float32(INIT),
+        "noise": jnp.float32(INIT),
+    }
+    return jax.value_and_grad(loss), gp.unconstrain(p0), opts
+
+
+def worker_epoch_matfree(n, repeats):
+    import _util
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    X, y, _, _ = _data(n, split=False)
+    vg, raw, _ = _matfree_problem(X, y)
+    key = jax.random.PRNGKey(0)
+    compiled, t_compile = _util.compile_jit(vg, raw, key)
+    _util.block(compiled(raw, key))
+    times, losses = [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        v, _ = _util.block(compiled(raw, jax.random.PRNGKey(i + 1)))
+        times.append(time.perf_counter() - t0)
+        losses.append(float(v))
+    return {
+        "sec": statistics.median(times),
+        "compile": t_compile,
+        "loss": statistics.median(losses),
+        "xla_peak_gib": (_util.peak_bytes(compiled) or 0) / 2**30,
+        "rss_gib": _rss_gib(),
+    }
+
+
+def worker_compile_matfree(n, repeats):
+    """Compile only (for n too large to time here): XLA's peak-memory estimate."""
+    import _util
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    X, y, _, _ = _data(n, split=False)
+    vg, raw, _ = _matfree_problem(X, y)
+    compiled, t_compile = _util.compile_jit(vg, raw, jax.random.PRNGKey(0))
+    return {
+        "compile": t_compile,
+        "xla_peak_gib": (_util.peak_bytes(compiled) or 0) / 2**30,
+        "rss_gib": _rss_gib(),
+        "error": "not timed (compile only)",
+    }
+
+
+def worker_epoch_cholesky(n, repeats):
+    import _util
+    import jax
+    import jax.numpy as jnp
+
+    from matfree import gp
+
+    jax.config.update("jax_enable_x64", True)
+    X, y, _, _ = _data(n, split=False)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+
+    def loss(raw):
+        p = gp.constrain(raw)
+        return (
+            -gp.log_marginal_likelihood(p, X, y, kernel="matern32", method="cholesky") / n
+        )
+
+    raw = gp.unconstrain(
+        {
+            "lengthscale": jnp.full((9,), INIT, jnp.float32),
+            "variance": jnp.float32(INIT),
+            "noise": jnp.float32(INIT),
+        }
+    )
+    compiled, t_compile = _util.compile_jit(jax.value_and_grad(loss), raw)
+    sec = _util.median_time(compiled, raw, repeats=repeats)
+    return {
+        "sec": sec,
+        "compile": t_compile,
+        "loss": float(compiled(raw)[0]),
+        "xla_peak_gib": (_util.peak_bytes(compiled) or 0) / 2**30,
+        "rss_gib": _rss_gib(),
+    }
+
+
+def _gpytorch_model(X, y):
+    import gpytorch
+    import torch
+
+    class Model(gpytorch.models.ExactGP):
+        def __init__(self, X, y, lik):
+            super().__init__(X, y, lik)
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch.kernels.ScaleKernel(
+                gpytorch.kernels.MaternKernel(nu=1.5, ard_num_dims=X.shape[1])
+            )
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(x), self.covar_module(x)
+            )
+
+    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    lik = gpytorch.likelihoods.GaussianLikelihood()
+    model = Model(X, y, lik)
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+    return model, lik, mll, X, y
+
+
+def _gpytorch_settings():
+    import contextlib
+
+    import gpytorch
+
+    stack = contextlib.ExitStack()
+    for s in (
+        gpytorch.settings.max_cholesky_size(0),
+        gpytorch.settings.cg_tolerance(CFG["rtol"]),
+        gpytorch.settings.eval_cg_tolerance(CFG["rtol"]),
+        gpytorch.settings.max_lanczos_quadrature_iterations(CFG["depth"]),
+        gpytorch.settings.num_trace_samples(CFG["probes"]),
+        gpytorch.settings.max_preconditioner_size(CFG["rank"]),
+        gpytorch.settings.max_cg_iterations(1000),
+    ):
+        stack.enter_context(s)
+    return stack
+
+
+def worker_epoch_gpytorch(n, repeats):
+    import torch
+
+    X, y, _, _ = _data(n, split=False)
+    model, _, mll, Xt, yt = _gpytorch_model(X, y)
+    model.train()
+    times, losses = [], []
+    with _gpytorch_settings():
+        for i in range(repeats + 1):
+            torch.manual_seed(i)
+            t0 = time.perf_counter()
+            model.zero_grad()
+            loss = -mll(model(Xt), yt)
+            loss.backward()
+            dt = time.perf_counter() - t0
+            if i:
+                times.append(dt)
+                losses.append(float(loss))
+    return {
+        "sec": statistics.median(times),
+        "compile": 0.0,
+        "loss": statistics.median(losses),
+        "rss_gib": _rss_gib(),
+    }
+
+
+def worker_fit_matfree(n, epochs):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from matfree import gp
+
+    jax.config.update("jax_enable_x64", True)
+    X, y, Xte, yte = _data(n, split=True)
+    _, raw, opts = _matfree_problem(X, y)
+    t0 = time.perf_counter()
+    res = gp.fit(
+        gp.constrain(raw),
+        X,
+        y,
+        key=jax.random.PRNGKey(0),
+        optimizer=optax.adam(CFG["lr"]),
+        num_steps=epochs,
+        progress=False,
+        **opts,
+    )
+    sec = time.perf_counter() - t0
+    mean, _ = gp.predict(
+        res.params,
+        X,
+        y,
+        Xte,
+        kernel="matern32",
+        variance=False,
+        precond_rank=CFG["rank"],
+        rtol=CFG["rtol"],
+    )
+    rmse = float(jnp.sqrt(jnp.mean((mean - jnp.asarray(yte)) ** 2)))
+    p = {k: jnp.asarray(v, jnp.float64).tolist() for k, v in res.params.items()}
+    return {"rmse": rmse, "params": p, "sec": sec, "sec_per_epoch": res.seconds_per_step}
+
+
+def worker_fit_gpytorch(n, epochs):
+    import gpytorch
+    import torch
+
+    X, y, Xte, yte = _data(n, split=True)
+    model, lik, mll, Xt, yt = _gpytorch_model(X, y)
+    opt = torch.optim.Adam(model.parameters(), lr=CFG["lr"])
+    model.train()
+    t0 = time.perf_counter()
+    with _gpytorch_settings():
+        for i in range(epochs):
+            torch.manual_seed(i)
+            opt.zero_grad()
+            loss = -mll(model(Xt), yt)
+            loss.backward()
+            opt.step()
+        sec = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad(), gpytorch.settings.skip_posterior_variances(True):
+            mean = lik(model(torch.as_tensor(Xte))).mean.numpy()
+    rmse = float(((mean - yte) ** 2).mean() ** 0.5)
+    p = {
+        "lengthscale": model.covar_module.base_kernel.lengthscale.detach()
+        .double()
+        .reshape(-1)
+        .tolist(),
+        "variance": float(model.covar_module.outputscale),
+        "noise": float(lik.noise),
+    }
+    return {"rmse": rmse, "params": p, "sec": sec, "sec_per_epoch": sec / epochs}
+
+
+def exact_loss_per_point(n, params):
+    """Exact (float64 Cholesky) training loss per point at `params`."""
+    import jax
+    import jax.numpy as jnp
+
+    from matfree import gp
+
+    jax.config.update("jax_enable_x64", True)
+    X, y, _, _ = _data(n, split=True)
+    X, y = jnp.asarray(X, jnp.float64), jnp.asarray(y, jnp.float64)
+    p = {k: jnp.asarray(v, jnp.float64) for k, v in params.items()}
+    lml = gp.log_marginal_likelihood(p, X, y, kernel="matern32", method="cholesky")
+    return -float(lml) / X.shape[0]
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run_worker(*args, timeout=900, mem_gib=None):
+    cmd = [sys.executable, "-u", __file__, "--worker", *map(str, args)]
+    env = dict(os.environ)
+    if mem_gib:
+        env["BENCH_GP_MEM_GIB"] = str(mem_gib)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"error": f"exit {out.returncode}: {tail[0][:160]}"}
+    return json.loads(lines[-1][7:])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker", nargs=3)
+    ap.add_argument("--sizes", default="2000,10000,45000")
+    ap.add_argument("--fit-n", type=int, default=10000, help="rows of protein for the fit")
+    ap.add_argument("--fit-epochs", type=int, default=20)
+    ap.add_argument("--gpytorch-mem-gib", type=float, default=12.0)
+    ap.add_argument(
+        "--max-timed-n", type=int, default=10000, help="larger n: compile + memory only"
+    )
+    args = ap.parse_args()
+    if args.worker:
+        kind, n, r = args.worker
+        mem = os.environ.get("BENCH_GP_MEM_GIB")
+        if mem:  # fail cleanly instead of invoking the OOM killer on a shared machine
+            lim = int(float(mem) * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        fn = globals()[f"worker_{kind}"]
+        print("RESULT " + json.dumps(fn(int(n), int(r))))
+        return
+
+    import _util
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    repeats = 3
+    if args.quick:
+        sizes, repeats, args.fit_n, args.fit_epochs = [500, 1000], 2, 1000, 3
+    print(f"settings: {CFG}, float32, Matérn-3/2 ARD, protein inputs (d = 9)")
+    rows = []
+    for n in sizes:
+        r = {"n": n}
+        rep = repeats if n <= 10000 else 1
+        print(f"n = {n}: matfree ...", flush=True)
+        kind = "epoch_matfree" if n <= args.max_timed_n else "compile_matfree"
+        r["matfree"] = run_worker(kind, n, rep, timeout=1200)
+        print(f"        {r['matfree']}", flush=True)
+        print(f"n = {n}: gpytorch ...", flush=True)
+        r["gpytorch"] = run_worker(
+            "epoch_gpytorch", n, rep, timeout=1200, mem_gib=args.gpytorch_mem_gib
+        )
+        print(f"        {r['gpytorch']}", flush=True)
+        if n <= 10000:
+            print(f"n = {n}: cholesky ...", flush=True)
+            r["cholesky"] = run_worker("epoch_cholesky", n, rep)
+            print(f"        {r['cholesky']}", flush=True)
+        rows.append(r)
+
+    print(
+        f"protein fit: {args.fit_n} rows (80/20), {args.fit_epochs} Adam epochs", flush=True
+    )
+    fits = {}
+    for lib in ("matfree", "gpytorch"):
+        fits[lib] = run_worker(f"fit_{lib}", args.fit_n, args.fit_epochs, timeout=1800)
+        if "params" in fits[lib]:
+            fits[lib]["loss"] = exact_loss_per_point(args.fit_n, fits[lib]["params"])
+        print(f"  {lib}: {fits[lib]}", flush=True)
+    write(rows, fits, args, _util.machine())
+
+
+def _cell(r, key, fmt="{:.2f}"):
+    return fmt.format(r[key]) if key in r else r.get("error", "n/a")[:48]
+
+
+def write(rows, fits, args, machine):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        import gpytorch
+        import torch
+
+        peers = f"torch {torch.__version__}, gpytorch {gpytorch.__version__}"
+    except ImportError:
+        peers = "gpytorch not installed"
+    lines = [
+        "## GP hyperparameter fitting (`benchmarks/bench_gp.py`)",
+        "",
+        f"Machine: {machine}; {peers}. Shared 2-core CPU under load from other "
+        "processes: timings are provisional.",
+        "",
+        f"One epoch = value + gradient of the negative log marginal likelihood; float32; "
+        f"Matérn-3/2 ARD on protein inputs (d = 9); {CFG['probes']} probes, Lanczos depth "
+        f"{CFG['depth']}, CG rtol {CFG['rtol']}, pivoted-Cholesky preconditioner rank "
+        f"{CFG['rank']} (same settings for GPyTorch). Median of 3 epochs after a warm-up "
+        "(1 at n > 10,000). Peak memory: the process's peak RSS.",
+        "",
+        "| n | matfree s/epoch | GPyTorch s/epoch | ratio | Cholesky s/epoch | matfree compile s "
+        "| matfree peak RSS GiB (XLA est.) | GPyTorch peak RSS GiB | loss/pt matfree | loss/pt GPyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m, g, c = (
+            r["matfree"],
+            r["gpytorch"],
+            r.get("cholesky", {"error": "skipped (O(n^2))"}),
+        )
+        ratio = f"{m['sec'] / g['sec']:.2f}" if "sec" in m and "sec" in g else "n/a"
+        xla = f" ({m['xla_peak_gib']:.2f})" if "xla_peak_gib" in m else ""
+        lines.append(
+            f"| {r['n']:,} | {_cell(m, 'sec')} | {_cell(g, 'sec')} | {ratio} | {_cell(c, 'sec')} "
+            f"| {_cell(m, 'compile', '{:.1f}')} | {_cell(m, 'rss_gib')}{xla} | {_cell(g, 'rss_gib')} "
+            f"| {_cell(m, 'loss', '{:.4f}')} | {_cell(g, 'loss', '{:.4f}')} |"
+        )
+    lines += [
+        "",
+        f"Protein fit: {args.fit_n:,} rows (random subset, 80/20 split, seed 0, standardised), "
+        f"{args.fit_epochs} Adam epochs (lr {CFG['lr']}) from GPyTorch's default start; "
+        "training loss per point evaluated exactly (float64 Cholesky) at the fitted "
+        "hyperparameters.",
+        "",
+        "| library | test RMSE | train loss / point | s/epoch | total s |",
+        "|---|---|---|---|---|",
+    ]
+    for lib, f in fits.items():
+        lines.append(
+            f"| {lib} | {_cell(f, 'rmse', '{:.4f}')} | {_cell(f, 'loss', '{:.4f}')} "
+            f"| {_cell(f, 'sec_per_epoch')} | {_cell(f, 'sec', '{:.1f}')} |"
+        )
+    name = "gp_quick" if args.quick else "gp"
+    (HERE / "results" / f"{name}.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for lib in ("matfree", "gpytorch", "cholesky"):
+        pts = [(r["n"], r[lib]["sec"]) for r in rows if lib in r and "sec" in r[lib]]
+        mem = [
+            (r["n"], r[lib]["rss_gib"]) for r in rows if lib in r and "rss_gib" in r[lib]
+        ]
+        if pts:
+            ax[0].loglog(*zip(*pts, strict=True), "o-", label=lib)
+        if mem:
+            ax[1].loglog(*zip(*mem, strict=True), "o-", label=lib)
+    ax[0].set(xlabel="n", ylabel="seconds per epoch", title="value + gradient")
+    ax[1].set(xlabel="n", ylabel="peak RSS (GiB)", title="peak memory")
+    for a in ax:
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "figures" / f"{name}.png", dpi=100)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

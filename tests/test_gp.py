@@ -1,0 +1,250 @@
+"""Tests of `matfree.gp` against the dense (Cholesky) GP in float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.linalg
+import scipy.stats
+from jax.test_util import check_grads
+
+from matfree import gp, operators
+
+N = 120
+KEY = jax.random.PRNGKey(0)
+
+
+def _data(n=N, d=2, dtype=jnp.float64, seed=0):
+    kx, ky = jax.random.split(jax.random.PRNGKey(seed))
+    X = jax.random.uniform(kx, (n, d), dtype=dtype)
+    y = jnp.sin(5 * X[:, 0]) + 0.3 * jax.random.normal(ky, (n,), dtype)
+    return X, y
+
+
+def _params(d=2, dtype=jnp.float64):
+    return {
+        "lengthscale": jnp.linspace(0.2, 0.5, d, dtype=dtype),
+        "variance": jnp.asarray(1.3, dtype),
+        "noise": jnp.asarray(0.05, dtype),
+    }
+
+
+X, Y = _data()
+P = _params()
+
+
+@pytest.mark.parametrize("kernel", gp.KERNELS)
+def test_cholesky_path_matches_scipy(kernel):
+    K = operators.kernel_matrix(X, X, kernel=kernel, lengthscale=P["lengthscale"])
+    cov = np.asarray(P["variance"] * K + P["noise"] * jnp.eye(N))
+    ref = scipy.stats.multivariate_normal(np.zeros(N), cov).logpdf(np.asarray(Y))
+    val = gp.log_marginal_likelihood(P, X, Y, kernel=kernel, method="cholesky")
+    assert jnp.allclose(val, ref, rtol=1e-10)
+
+
+def test_cholesky_path_gradient_check():
+    def f(ls, var, noise):
+        p = {"lengthscale": ls, "variance": var, "noise": noise}
+        return gp.log_marginal_likelihood(p, X, Y, kernel="matern32", method="cholesky")
+
+    check_grads(
+        f, (P["lengthscale"], P["variance"], P["noise"]), order=1, modes=["rev"], eps=1e-6
+    )
+
+
+def _lml(p, key, **kw):
+    return gp.log_marginal_likelihood(p, X, Y, key=key, **kw)
+
+
+_dense_vg = jax.jit(jax.value_and_grad(lambda p: _lml(p, None, method="cholesky")))
+
+
+def test_full_rank_preconditioner_is_exact():
+    # P = K (up to the jitter): the stochastic parts vanish (the gradient's through the
+    # control variate log det P); value and gradient exact.
+    opts = {"precond_rank": N, "num_probes": 4, "depth": 5, "rtol": 1e-10}
+    f = jax.jit(jax.value_and_grad(lambda p, k: _lml(p, k, **opts)))
+    v, g = f(P, KEY)
+    v0, g0 = _dense_vg(P)
+    assert jnp.allclose(v, v0, rtol=1e-6)
+    for k in g0:
+        assert jnp.allclose(g[k], g0[k], rtol=1e-4, atol=1e-4), k
+
+
+def test_adjoint_gradient_is_the_derivative_of_the_estimate():
+    def f(ls, var, noise):
+        p = {"lengthscale": ls, "variance": var, "noise": noise}
+        opts = {"precond_rank": 0, "depth": 12, "num_probes": 3, "rtol": 1e-12}
+        return _lml(p, KEY, gradient="adjoint", **opts)
+
+    f = jax.jit(f)
+    check_grads(
+        f, (P["lengthscale"], P["variance"], P["noise"]), order=1, modes=["rev"], rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("gradient", ["hutchinson", "adjoint"])
+def test_value_and_gradient_within_the_stochastic_error(gradient):
+    # Average over independent keys; compare with the dense result within 4 standard
+    # errors of that average (the error the number of probes implies).
+    def vg(p, k, rank):
+        opts = {"precond_rank": rank, "num_probes": 16, "depth": 25, "rtol": 1e-10}
+        return jax.value_and_grad(lambda p: _lml(p, k, gradient=gradient, **opts))(p)
+
+    keys = jax.random.split(jax.random.PRNGKey(1), 16)
+    v0, g0 = _dense_vg(P)
+    std = {}
+    for rank in (0, 40):
+        vals, grads = jax.jit(jax.vmap(lambda k, r=rank: vg(P, k, r)))(keys)
+        assert jnp.abs(jnp.mean(vals) - v0) < 4 * jnp.std(vals) / 4 + 1e-8
+        for k in g0:
+            mean, se = jnp.mean(grads[k], 0), jnp.std(grads[k], 0) / 4
+            assert jnp.all(jnp.abs(mean - g0[k]) < 4 * se + 1e-6), k
+        std[rank] = jnp.std(grads["lengthscale"], 0)
+    if gradient == "hutchinson":  # the control variate log det P cuts the variance
+        assert jnp.all(std[40] < std[0] / 3), std
+
+
+def test_block_size_does_not_change_results():
+    f = jax.jit(
+        jax.value_and_grad(lambda p, b: _lml(p, KEY, block_size=b, precond_rank=5)),
+        static_argnums=1,
+    )
+    (v1, g1), (v2, g2) = f(P, 7), f(P, 64)
+    assert jnp.allclose(v1, v2, rtol=1e-10)
+    for k in g1:
+        assert jnp.allclose(g1[k], g2[k], rtol=1e-8), k
+
+
+def test_info_reports_convergence_and_jit_matches_eager():
+    opts = {"precond_rank": 10, "num_probes": 4, "depth": 8, "return_info": True}
+    f = jax.jit(lambda p, m: _lml(p, KEY, maxiter=m, rtol=1e-12, **opts), static_argnums=1)
+    v, info = f(P, 100)
+    v0 = _lml(P, None, method="cholesky")
+    assert jnp.abs(v - v0) < 5 * info.logdet_std_error + 1e-6
+    assert bool(info.cg_converged) and int(info.status) == 0
+    assert int(info.cg_num_steps) >= 1 and info.logdet_std_error > 0
+    _, info = f(P, 1)
+    assert not bool(info.cg_converged) and int(info.status) == 1
+
+
+def test_float32_matches_dense_within_tolerance():
+    X32, Y32 = X.astype(jnp.float32), Y.astype(jnp.float32)
+    p32 = _params(dtype=jnp.float32)
+    f = jax.jit(lambda p: gp.log_marginal_likelihood(p, X32, Y32, key=KEY, precond_rank=N))
+    v = f(p32)
+    v0 = gp.log_marginal_likelihood(P, X, Y, method="cholesky")
+    assert v.dtype == jnp.float32
+    assert jnp.abs(v - v0) < 1e-3 * jnp.abs(v0)
+
+
+def test_predict_matches_dense():
+    Xs = jax.random.uniform(jax.random.PRNGKey(5), (37, 2))
+    f = jax.jit(
+        lambda p: gp.predict(p, X, Y, Xs, kernel="matern52", rtol=1e-12, batch_size=16)
+    )
+    m, v = f(P)
+    m0, v0 = gp.predict(P, X, Y, Xs, kernel="matern52", method="cholesky")
+    assert m.shape == v.shape == (37,)
+    assert jnp.allclose(m, m0, atol=1e-8)
+    assert jnp.allclose(v, v0, atol=1e-8)
+    K = P["variance"] * operators.kernel_matrix(
+        X, X, kernel="matern52", lengthscale=P["lengthscale"]
+    )
+    Ks = P["variance"] * operators.kernel_matrix(
+        Xs, X, kernel="matern52", lengthscale=P["lengthscale"]
+    )
+    A = K + P["noise"] * jnp.eye(N)
+    assert jnp.allclose(m0, Ks @ jnp.linalg.solve(A, Y), atol=1e-10)
+    assert jnp.allclose(v0, P["variance"] - jnp.sum(Ks.T * jnp.linalg.solve(A, Ks.T), 0))
+    g = jax.jit(lambda p: gp.predict(p, X, Y, Xs, kernel="matern52", variance=False)[0])
+    assert jnp.allclose(g(P), m0, atol=1e-5)
+    assert gp.predict(P, X[:5], Y[:5], Xs, method="cholesky", variance=False)[1] is None
+
+
+def test_sample_prior_matches_the_dense_square_root():
+    Xs = X[:50]
+    f = jax.jit(lambda p, k: gp.sample_prior(p, Xs, key=k, depth=50, num_samples=3))
+    ys = f(P, KEY)
+    y = ys[0]
+    K = P["variance"] * operators.kernel_matrix(Xs, Xs, lengthscale=P["lengthscale"])
+    S = scipy.linalg.sqrtm(np.asarray(K + P["noise"] * jnp.eye(50))).real
+    z = jax.random.normal(KEY, (3, 50))[0]
+    assert ys.shape == (3, 50)
+    assert jnp.allclose(y, S @ z, atol=1e-6)
+    one = gp.sample_prior(P, Xs[:10], key=KEY, depth=10)
+    assert one.shape == (10,)
+
+
+def test_fit_recovers_known_hyperparameters(capsys):
+    true = {"lengthscale": jnp.array([0.15]), "variance": 2.0, "noise": 0.1}
+    Xf = jax.random.uniform(jax.random.PRNGKey(3), (200, 1))
+    yf = jax.jit(lambda k: gp.sample_prior(true, Xf, key=k, depth=120))(KEY)
+    start = {"lengthscale": jnp.array([0.5]), "variance": 0.5, "noise": 0.5}
+    opts = {"num_probes": 8, "depth": 15, "precond_rank": 30, "num_steps": 60}
+    res = gp.fit(start, Xf, yf, key=KEY, optimizer=optax.adam(0.1), **opts)
+    ref = gp.fit(start, Xf, yf, key=KEY, num_steps=60, progress=False, method="cholesky")
+    assert res.losses.shape == (60,) and res.losses[-1] < res.losses[0]
+    for k in true:  # the iterative fit finds the dense optimum; both are near the truth
+        assert jnp.allclose(res.params[k], ref.params[k], rtol=0.1), k
+        assert jnp.allclose(res.params[k], true[k], rtol=0.5), k
+    out = capsys.readouterr().out
+    assert "60/60" in out and "loss" in out and "s/step" in out
+
+
+def test_transform_round_trip_and_positivity():
+    raw = gp.unconstrain(P)
+    back = gp.constrain(raw)
+    for k in P:
+        assert jnp.allclose(back[k], P[k], rtol=1e-12)
+    assert all(
+        bool(jnp.all(v > 0)) for v in gp.constrain({"a": jnp.array([-30.0, 5.0])}).values()
+    )
+
+
+def test_load_protein_subset_is_standardised(tmp_path):
+    data = gp.load_protein(n=500, seed=1)
+    assert data["X_train"].shape == (400, 9) and data["y_test"].shape == (100,)
+    assert np.allclose(data["X_train"].mean(0), 0, atol=1e-10)
+    assert np.allclose(data["y_train"].std(), 1)
+    fallback = gp.load_protein(tmp_path / "missing.csv.gz", n=100)
+    assert fallback["source"] == "generated" and fallback["X_train"].shape == (80, 9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"y": jnp.zeros(N - 1)}, "matching shapes"),
+        ({"X": X.at[0, 0].set(jnp.nan)}, "`X` contains non-finite"),
+        ({"y": Y.at[3].set(jnp.inf)}, "`y` contains non-finite"),
+        ({"X": X[:, 0]}, r"`X` must have shape \(n, d\)"),
+        ({"params": {**P, "noise": -1.0}}, r"`params\['noise'\]` must be positive"),
+        ({"params": {**P, "lengthscale": jnp.ones(3)}}, "one per input dimension"),
+        ({"params": {"variance": 1.0}}, "must be a dict with keys"),
+        ({"kernel": "gaussian"}, "`kernel` must be one of"),
+        ({"method": "exact"}, "`method` must be one of"),
+        ({"gradient": "autodiff"}, "`gradient` must be one of"),
+        ({"key": None}, "`key` is required"),
+        ({"precond_rank": N + 1}, "`precond_rank` must be at least 0 and at most"),
+    ],
+)
+def test_errors(kwargs, match):
+    args = {"params": P, "X": X, "y": Y, "key": KEY}
+    args.update(kwargs)
+    p, x, y = args.pop("params"), args.pop("X"), args.pop("y")
+    with pytest.raises(ValueError, match=match):
+        gp.log_marginal_likelihood(p, x, y, **args)
+
+
+def test_more_errors():
+    with pytest.raises(TypeError, match="`X` must be a floating array"):
+        gp.log_marginal_likelihood(P, jnp.ones((N, 2), int), Y, key=KEY)
+    with pytest.raises(TypeError, match="`optimizer` must be an `optax"):
+        gp.fit(P, X, Y, key=KEY, optimizer="adam", num_steps=1)
+    with pytest.raises(ValueError, match="`X_new` must have the width"):
+        gp.predict(P, X, Y, jnp.ones((3, 5)))
+    with pytest.raises(ValueError, match="`kernel` must be one of"):
+        gp.sample_prior(P, X, key=KEY, kernel="rbff")
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        gp.predict(P, X, Y, X[:2], method="dense")
