@@ -16,6 +16,7 @@ def _run(args, tmp_path, timeout=600):
         os.environ,
         MATFREE_SMALL="1",
         MATFREE_FIGURES=str(tmp_path),
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
         MPLBACKEND="Agg",
         PYTHONWARNINGS="ignore",
     )
