@@ -58,10 +58,18 @@ def peak_bytes(compiled) -> int | None:
     )
 
 
-def median_time(fn, *args, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of `fn(*args)` over `repeats` runs after `warmup` runs."""
+def median_time(fn, *args, repeats: int = 3, warmup: int = 1, slow: float = 5.0) -> float:
+    """Median wall time of `fn(*args)` over `repeats` runs after `warmup` runs.
+
+    Runs slower than `slow` seconds (judged by the warm-up) are timed once.
+    """
+    t_warm = 0.0
     for _ in range(warmup):
+        t0 = time.perf_counter()
         block(fn(*args))
+        t_warm = time.perf_counter() - t0
+    if t_warm > slow:
+        repeats = 1
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -89,7 +89,7 @@ def report(rows, repeats):
         "## Lanczos: forward, adjoint gradient, autodiff through the loop",
         "",
         f"Machine: {_util.machine()}. float64, full re-orthogonalisation.",
-        f"Median of {repeats} runs after a warm-up; compile time separate; peak memory",
+        f"Median of {repeats} runs after a warm-up (one run where a run exceeds 5 s); compile time separate; peak memory",
         "is XLA's compiled-memory estimate (arguments + outputs + temporaries).",
         "Quantity: `|v|^2 e1^T log(T) e1`, gradient w.r.t. the operator parameter and `v`.",
         "",

@@ -163,13 +163,13 @@ def _arnoldi_adjoint(fn, depth, V0, params):
 
 
 def _arnoldi_fwd(fn, depth, V0, params):
-    V0, params = _krylov.unwrap_primals(V0, params)
+    V0, params, active = _krylov.unwrap_primals(V0, params)
     out = _arnoldi_impl(fn, depth, V0, params)
-    return out, (out, params)
+    return out, (out, params, active)
 
 
 def _arnoldi_bwd(fn, depth, residuals, cotangents):
-    (Q, H, r, c, _, _), params = residuals
+    (Q, H, r, c, _, _), params, active = residuals
     Qbar, Hbar, rbar, cbar = _krylov.instantiate(
         cotangents[:4], (Q, H, r, c), keep_none=(True, False, True, False)
     )
@@ -179,7 +179,19 @@ def _arnoldi_bwd(fn, depth, residuals, cotangents):
     sub = jnp.arange(k - 1)
     valid = H[:, sub + 1, sub] != 0
     return _krylov.adjoint(
-        fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, valid, tridiagonal=False
+        fn,
+        params,
+        Q,
+        H,
+        r,
+        c,
+        Qbar,
+        Hbar,
+        rbar,
+        cbar,
+        valid,
+        tridiagonal=False,
+        active=active.value,
     )
 
 

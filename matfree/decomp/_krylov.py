@@ -75,13 +75,37 @@ def status_of(c, *arrays):
     return jnp.where(finite, status, STATUS_NONFINITE).astype(jnp.int32)
 
 
+class Static:
+    """A pytree node without leaves: carries Python data through residuals."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(
+    Static, lambda s: ((), s.value), lambda value, _: Static(value)
+)
+
+
 def unwrap_primals(V0, params):
-    """Strip the `CustomVJPPrimal` wrappers that `symbolic_zeros=True` adds."""
+    """Strip the `CustomVJPPrimal` wrappers that `symbolic_zeros=True` adds.
+
+    Returns `(V0, params, active)`, `active` a `Static` tuple saying which
+    params are perturbed (need a cotangent). The adjoint differentiates the
+    matvec w.r.t. those only: e.g. a kernel matvec closes over its data points,
+    and their cotangent would cost as much as the kernel itself.
+    """
 
     def value(x):
         return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
 
-    return value(V0), [value(p) for p in params]
+    def perturbed(x):
+        return (
+            x.perturbed if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else True
+        )
+
+    active = Static(tuple(perturbed(p) for p in params))
+    return value(V0), [value(p) for p in params], active
 
 
 def instantiate(cotangents, primals, keep_none):
@@ -94,7 +118,22 @@ def instantiate(cotangents, primals, keep_none):
     return out
 
 
-def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid, *, tridiagonal):
+def adjoint(
+    fn,
+    params,
+    Q,
+    H,
+    r,
+    c,
+    Qbar,
+    Hbar,
+    rbar,
+    cbar,
+    subdiag_valid,
+    *,
+    tridiagonal,
+    active=None,
+):
     """Adjoint of an Arnoldi-type decomposition `A Q^T = Q^T H + r e_k^T`.
 
     Implements the adjoint system of Krämer et al. (NeurIPS 2024) for the
@@ -113,14 +152,22 @@ def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid, *, tr
 
     Shapes (block of m): Q (m, k, n), H (m, k, k), r (m, n), c (m,),
     subdiag_valid (m, k-1) False where the iteration broke down (restarted).
-    `Qbar` and `rbar` may be `None` (zero cotangents). Returns
-    `(v0bar, params_bar)`.
+    `Qbar` and `rbar` may be `None` (zero cotangents). `active` (a tuple of
+    bools) selects the params that need a cotangent; the others get zeros
+    without being differentiated. Returns `(v0bar, params_bar)`.
     """
     m, k, _ = Q.shape
     dtype = Q.dtype
+    params = list(params)
+    active = (True,) * len(params) if active is None else tuple(active)
+    live = [p for p, a in zip(params, active, strict=True) if a]
+
+    def merge(live_params):
+        it = iter(live_params)
+        return [next(it) if a else p for p, a in zip(params, active, strict=True)]
 
     def matvec_vjp(X, Lam):
-        _, vjp = jax.vjp(lambda X_, *p: batched(fn, p)(X_), X, *params)
+        _, vjp = jax.vjp(lambda X_, *p: batched(fn, merge(p))(X_), X, *live)
         out = vjp(Lam)
         return out[0], out[1:]
 
@@ -141,7 +188,7 @@ def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid, *, tr
     else:
         lams = jnp.zeros_like(Q).at[:, k - 1].set(lam_last)
     Gam = jnp.zeros((m, k, k), dtype)
-    pbar0 = jax.tree_util.tree_map(jnp.zeros_like, list(params))
+    pbar0 = jax.tree_util.tree_map(jnp.zeros_like, live)
     v0bar0 = jnp.zeros_like(r)
     idx = jnp.arange(k)
 
@@ -196,4 +243,5 @@ def adjoint(fn, params, Q, H, r, c, Qbar, Hbar, rbar, cbar, subdiag_valid, *, tr
     (_, _, pbar, v0bar), _ = jax.lax.scan(
         body, (lams, Gam, pbar0, v0bar0), jnp.arange(k - 1, -1, -1)
     )
-    return v0bar, pbar
+    zeros = [jnp.zeros_like(p) for p in params]
+    return v0bar, merge(pbar) if live else zeros

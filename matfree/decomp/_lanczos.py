@@ -220,20 +220,32 @@ def _lanczos_adjoint(fn, depth, reortho, V0, params):
 
 
 def _lanczos_fwd(fn, depth, reortho, V0, params):
-    V0, params = _krylov.unwrap_primals(V0, params)
+    V0, params, active = _krylov.unwrap_primals(V0, params)
     out = _lanczos_impl(fn, depth, reortho, V0, params)
-    return out, (out, params)
+    return out, (out, params, active)
 
 
 def _lanczos_bwd(fn, depth, reortho, residuals, cotangents):
-    (Q, a, b, r, c, _, _), params = residuals
+    (Q, a, b, r, c, _, _), params, active = residuals
     Qbar, abar, bbar, rbar, cbar = _krylov.instantiate(
         cotangents[:5], (Q, a, b, r, c), keep_none=(True, False, False, True, False)
     )
     T = _tridiag(a, b)
     Tbar = _tridiag_lower(abar, bbar)
     v0bar, pbar = _krylov.adjoint(
-        fn, params, Q, T, r, c, Qbar, Tbar, rbar, cbar, b != 0, tridiagonal=True
+        fn,
+        params,
+        Q,
+        T,
+        r,
+        c,
+        Qbar,
+        Tbar,
+        rbar,
+        cbar,
+        b != 0,
+        tridiagonal=True,
+        active=active.value,
     )
     return v0bar, pbar
 
