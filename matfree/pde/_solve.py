@@ -45,9 +45,9 @@ def solve(
     `spectral_bound(k) ~ 8 max(k) (n_x + 1)^2`, so `t |A|` grows with the grid
     and the Krylov method needs `depth^2 / num_substeps` of the order of
     `t |A|`; `suggest_num_substeps` turns the Hochbruck–Lubich bound into a
-    number. **Gradients converge later than values**: on a diffusion operator
-    a depth that gives `u(t)` to 5e-5 may give the gradient w.r.t. `k` wrong by
-    orders of magnitude. When you differentiate, ask for a relative accuracy
+    number. **Gradients converge later than values** (by about one order of
+    magnitude with the two-sided rule of `exp_action`; see the docs page).
+    When you differentiate, ask for a relative accuracy
     `1e-3 x` what you need of the value (e.g. `rtol=1e-10` in
     `suggest_num_substeps`), and check the gradient once at twice the depth.
 
