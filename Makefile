@@ -16,6 +16,8 @@ $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-base
 	touch $@
 
 $(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-test
+	# The CPU build of torch first (for GPyTorch); an unpinned torch pulls a CUDA build.
+	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[benchmark]"
 	touch $@
 
