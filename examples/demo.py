@@ -1,4 +1,4 @@
-"""matfree demo: fit Gaussian-process hyperparameters matrix-free (8,000 to 20,000 points).
+"""matfree demo: fit Gaussian-process hyperparameters matrix-free at 20,000 points.
 
 1. Draws noisy data from a GP prior with known hyperparameters (an ARD RBF
    kernel in 2-D): y = (K + noise I)^{1/2} z by Lanczos (`matfree.sqrt_action`),
@@ -36,7 +36,10 @@ START = {"lengthscale": [1.0, 1.0], "variance": 0.5, "noise": 0.5}
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--n", type=int, default=8_000, help="training points (20,000: ~15 min here)"
+        "--n",
+        type=int,
+        default=20_000,
+        help="training points (20,000: ~3 min of fitting here)",
     )
     parser.add_argument("--n-test", type=int, default=2_000, help="test points")
     parser.add_argument("--steps", type=int, default=40, help="Adam steps")
