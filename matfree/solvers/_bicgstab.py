@@ -22,13 +22,8 @@ def bicgstab(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
     """
     m = B.shape[0]
     pc = c.identity if pc is None else pc
-    X = jnp.zeros_like(B) if X0 is None else X0
-    R = B if X0 is None else B - mv(X0)
-    res = c.norm(R)
-    flag = c.initial_flag(res, tol)
+    X, R, flag, k, hist = c.start(mv, B, X0, tol, maxiter, history)
     ones = jnp.ones((m,), B.dtype)
-    k = jnp.zeros((m,), jnp.int32)
-    hist = c.new_history(res, maxiter, history)
     state = (X, R, R, jnp.zeros_like(B), jnp.zeros_like(B), ones, ones, ones, k, flag, hist)
 
     def cond(state):

@@ -18,15 +18,9 @@ def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
     M. R. Hestenes, E. Stiefel. Methods of conjugate gradients for solving
     linear systems. J. Res. Nat. Bur. Standards 49 (1952).
     """
-    m = B.shape[0]
-    X = jnp.zeros_like(B) if X0 is None else X0
-    R = B if X0 is None else B - mv(X0)
+    X, R, flag, k, hist = c.start(mv, B, X0, tol, maxiter, history)
     Z = R if pc is None else pc(R)
     rz = c.dot(R, Z)
-    res = c.norm(R)
-    flag = c.initial_flag(res, tol)
-    k = jnp.zeros((m,), jnp.int32)
-    hist = c.new_history(res, maxiter, history)
     state = (X, R, Z, rz, k, flag, hist)
 
     def cond(state):

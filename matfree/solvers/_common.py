@@ -73,6 +73,20 @@ def initial_flag(res, tol):
     return jnp.where(jnp.isfinite(res), flag, NONFINITE).astype(jnp.int32)
 
 
+def start(mv, B, X0, tol, maxiter, history):
+    """Shared start of every iteration: `(X, R, flag, k, hist)`.
+
+    Initial guess (zero unless `X0`), residual `B - A X`, its norm, the
+    initial status, zero step counts and the residual-history buffer.
+    """
+    X = jnp.zeros_like(B) if X0 is None else X0
+    R = B if X0 is None else B - mv(X0)
+    res = norm(R)
+    flag = initial_flag(res, tol)
+    k = jnp.zeros((B.shape[0],), jnp.int32)
+    return X, R, flag, k, new_history(res, maxiter, history)
+
+
 def update_flag(flag, act, res, tol, broke=None, indefinite=None):
     """Update the status of the columns that were active in this step."""
     new = jnp.where(res <= tol, CONVERGED, RUNNING)

@@ -26,12 +26,7 @@ def gcr(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
     m, n = B.shape
     kk = restart
     pc = c.identity if pc is None else pc
-    X = jnp.zeros_like(B) if X0 is None else X0
-    R = B if X0 is None else B - mv(X0)
-    res = c.norm(R)
-    flag = c.initial_flag(res, tol)
-    k = jnp.zeros((m,), jnp.int32)
-    hist = c.new_history(res, maxiter, history)
+    X, R, flag, k, hist = c.start(mv, B, X0, tol, maxiter, history)
     rows = jnp.arange(kk)
     Pb = jnp.zeros((m, kk, n), B.dtype)
     Qb = jnp.zeros((m, kk, n), B.dtype)
