@@ -1,9 +1,10 @@
 """Shared machinery of the Lanczos and Arnoldi iterations.
 
 Both iterations run on a *block* of `m` independent start vectors at once
-(shape `(m, n)`): one batched matvec per step, and one VJP of the batched
-matvec per adjoint step, so that cotangents of the operator's parameters are
-contracted over the block once (not formed per vector and then summed).
+(shape `(m, n)`): one batched matvec per step. The adjoint runs backwards
+with one product `A^T lambda` per step on vectors only, and contracts the
+cotangents of the operator's parameters in a single VJP of the matvec applied
+to all `m k` basis vectors (not formed per vector or per step and then summed).
 """
 
 from __future__ import annotations
@@ -138,17 +139,22 @@ def adjoint(
 
     Implements the adjoint system of Krämer et al. (NeurIPS 2024) for the
     constraints `A Q^T - Q^T H - r e_k^T = 0`, `Q Q^T = I`, `Q r = 0` and
-    `c q_1 = v0`, solved backwards in `k` steps. Each step calls the VJP of the
-    batched matvec once (this yields both `A^T lambda_j` and the parameter
-    cotangent), and re-projects the multiplier against the basis, mirroring
-    the full re-orthogonalisation of the forward pass.
+    `c q_1 = v0`, solved backwards in `k` steps. Each step applies `A^T` once
+    to the block of multipliers (a plain matvec for Lanczos, a VJP with
+    respect to the vector for Arnoldi) and re-projects the multiplier against
+    the basis, mirroring the full re-orthogonalisation of the forward pass.
+    The parameter cotangent `sum_j lambda_j^T (dA) q_j` is then one VJP of the
+    matvec on all `m k` basis vectors at once: for a kernel matvec, whose
+    parameter VJP recomputes every kernel block, this is one sweep over the
+    blocks instead of `k` (it stores the `k` multipliers, memory `O(m k n)`
+    like the basis; without perturbed parameters nothing is stored).
 
     The Lanczos adjoint is the special case `H = T` with cotangent
     `Hbar = diag(abar) + subdiag(bbar)`: the orthogonality constraints of a
     symmetric decomposition are redundant, and this choice of multipliers is
     the one that keeps every multiplier's components along the basis fixed.
-    With `tridiagonal=True` only two multipliers are kept at a time (memory
-    `O(n)` on top of the basis); otherwise all `k` are (Arnoldi needs them).
+    With `tridiagonal=True` the recursion needs only two multipliers at a
+    time; otherwise all `k` (Arnoldi).
 
     Shapes (block of m): Q (m, k, n), H (m, k, k), r (m, n), c (m,),
     subdiag_valid (m, k-1) False where the iteration broke down (restarted).
@@ -166,10 +172,12 @@ def adjoint(
         it = iter(live_params)
         return [next(it) if a else p for p, a in zip(params, active, strict=True)]
 
-    def matvec_vjp(X, Lam):
-        _, vjp = jax.vjp(lambda X_, *p: batched(fn, merge(p))(X_), X, *live)
-        out = vjp(Lam)
-        return out[0], out[1:]
+    def transposed(X, Lam):
+        """`A^T lambda` for the rows of `Lam`; `X` (like `Lam`) only fixes shapes."""
+        if tridiagonal:  # Lanczos: A is symmetric, A^T lambda = A lambda.
+            return batched(fn, params)(Lam)
+        _, vjp = jax.vjp(batched(fn, params), X)
+        return vjp(Lam)[0]
 
     # Breakdown positions carry no gradient through the (non-differentiable)
     # zero sub-diagonal entry: the restart vector is treated as a constant.
@@ -188,12 +196,11 @@ def adjoint(
     else:
         lams = jnp.zeros_like(Q).at[:, k - 1].set(lam_last)
     Gam = jnp.zeros((m, k, k), dtype)
-    pbar0 = jax.tree_util.tree_map(jnp.zeros_like, live)
     v0bar0 = jnp.zeros_like(r)
     idx = jnp.arange(k)
 
     def body(carry, j):
-        lams, Gam, pbar, v0bar = carry
+        lams, Gam, v0bar = carry
         q_j = Q[:, j]
         if tridiagonal:
             lam_j, lam_next = lams
@@ -204,8 +211,7 @@ def adjoint(
             lam_j = lams[:, j]
             upper = (idx >= j).astype(dtype)  # H[j, i] for i >= j
             H_lam = jnp.einsum("mi,min->mn", H[:, j, :] * upper, lams)
-        At_lam, pbar_j = matvec_vjp(q_j, lam_j)
-        pbar = jax.tree_util.tree_map(jnp.add, pbar, list(pbar_j))
+        At_lam = transposed(q_j, lam_j)
 
         z0 = At_lam - H_lam + gamma[:, j, None] * r
         if Qbar is not None:
@@ -238,10 +244,19 @@ def adjoint(
             lams = lams.at[:, jm1].set(jnp.where(j >= 1, out, lams[:, jm1]))
         v0bar_j = jnp.where((c > 0)[:, None], out + cbar[:, None] * Q[:, 0], 0.0)
         v0bar = jnp.where(j == 0, v0bar_j, v0bar)
-        return (lams, Gam, pbar, v0bar), None
+        # The multiplier of the constraint at step j pairs with q_j in the
+        # parameter cotangent sum_j lambda_j^T (dA) q_j (collected, see below).
+        return (lams, Gam, v0bar), (lam_j if live else None)
 
-    (_, _, pbar, v0bar), _ = jax.lax.scan(
-        body, (lams, Gam, pbar0, v0bar0), jnp.arange(k - 1, -1, -1)
+    (_, _, v0bar), lam_rev = jax.lax.scan(
+        body, (lams, Gam, v0bar0), jnp.arange(k - 1, -1, -1)
     )
-    zeros = [jnp.zeros_like(p) for p in params]
-    return v0bar, merge(pbar) if live else zeros
+    if not live:
+        return v0bar, [jnp.zeros_like(p) for p in params]
+    # One VJP of the matvec applied to all m*k basis vectors at once: the
+    # parameter cotangent sum_j lambda_j^T (dA/dp) q_j is contracted over the
+    # whole basis in one pass (for a kernel matvec: one sweep over the kernel
+    # blocks instead of k), at the price of storing the k multipliers.
+    Lam = jnp.swapaxes(lam_rev[::-1], 0, 1).reshape(m * k, -1)
+    _, vjp = jax.vjp(lambda *p: batched(fn, merge(p))(Q.reshape(m * k, -1)), *live)
+    return v0bar, merge(vjp(Lam))
