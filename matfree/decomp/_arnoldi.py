@@ -71,8 +71,9 @@ def arnoldi(
         Number of steps `k`, a static int with `1 <= k <= n`.
     custom_vjp
         Differentiate with the adjoint system of Krämer et al. (NeurIPS 2024):
-        memory `O(n k)`, one VJP of `matvec` per step (it supplies the
-        transposed products, so no transposed operator is needed). Reverse
+        memory `O(n k)`, one VJP of `matvec` with respect to the vector per
+        step (it supplies the transposed products, so no transposed operator
+        is needed) and one parameter VJP on all `k` basis vectors. Reverse
         mode only; `False` differentiates through the loop (forward mode,
         higher derivatives; memory `O(n k^2)`).
     batched

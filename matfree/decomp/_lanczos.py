@@ -87,7 +87,8 @@ def lanczos(
         off only for cheap, well-conditioned float64 problems.
     custom_vjp
         Differentiate with the adjoint system of Krämer et al. (NeurIPS 2024):
-        memory `O(n k)`, one matvec-VJP per step. The adjoint supports reverse
+        memory `O(n k)`, one matvec per step and one parameter VJP of the
+        matvec on all `k` basis vectors at once. The adjoint supports reverse
         mode only; set `False` to differentiate through the loop instead
         (forward mode, higher derivatives; memory `O(n k^2)` with `reortho`).
         For symmetric operators the adjoint returns the gradient of the
@@ -96,8 +97,8 @@ def lanczos(
         projected on symmetric matrices.
     batched
         If `True`, `v0` has a leading batch axis `(m, ...)` and the `m`
-        iterations run together: one batched matvec per step, one VJP of it
-        per adjoint step. All result fields get a leading axis `m`.
+        iterations run together: one batched matvec per step (forward and
+        adjoint). All result fields get a leading axis `m`.
     throw
         Raise (via `equinox.error_if`) if `v0` is zero or values are not
         finite, instead of only reporting it in `status`.
