@@ -167,13 +167,19 @@ def estimate_diagonal(matvec, like, *, num_probes: int, key=None):
     return jnp.mean(Z * jax.vmap(matvec)(Z), axis=0)
 
 
-def pivoted_cholesky(row_fn, diagonal, rank: int, noise) -> LowRank:
+def pivoted_cholesky(
+    row_fn, diagonal, rank: int, noise, *, return_pivots: bool = False
+) -> LowRank | tuple[LowRank, jax.Array]:
     r"""Partial pivoted Cholesky preconditioner `P = L L^T + noise I` of `K + noise I`.
 
     Greedily picks the `rank` pivots with the largest remaining diagonal of
-    the Schur complement and builds `L` (n, rank) from the matrix rows at the
-    pivots; `P^{-1}` is then applied via the thin SVD of `L` (equivalent to
-    the Woodbury identity). This is the standard preconditioner for Gaussian
+    the Schur complement (each index at most once) and builds `L` (n, rank)
+    from the matrix rows at the pivots, so that `L L^T = K[:, S] K[S, S]^{-1}
+    K[S, :]` for the pivots `S`; `P^{-1}` is then applied via the thin SVD of
+    `L` (equivalent to the Woodbury identity). Once the remaining diagonal
+    falls to `eps * max(diagonal)` (numerical rank reached), further pivots
+    add zero columns to `L`; they are still distinct, taken in order of the
+    remaining diagonal. This is the standard preconditioner for Gaussian
     process kernel matrices `K + noise I` with a decaying spectrum (Gardner
     et al. 2018): with a modest rank it removes the large eigenvalues of
     `K`, so CG converges in far fewer iterations. Cost: `rank` rows,
@@ -190,6 +196,19 @@ def pivoted_cholesky(row_fn, diagonal, rank: int, noise) -> LowRank:
         Number of pivots, a static int `1 <= rank <= n`.
     noise
         The shift `s > 0`.
+    return_pivots
+        Also return the pivot indices (e.g. to rebuild the factor
+        differentiably from `K[:, S]` and `K[S, S]`).
+
+    Returns
+    -------
+    P
+        The preconditioner, a `LowRank` with `values = s_i^2 + noise` (`s_i`
+        the singular values of `L`) and `complement = noise`.
+    pivots
+        Only with `return_pivots=True` (then the tuple `(P, pivots)`): the
+        integer indices `S` (rank,) of the chosen rows, in the order chosen;
+        `pivots[0]` is the argmax of `diagonal`.
 
     Examples
     --------
@@ -202,6 +221,13 @@ def pivoted_cholesky(row_fn, diagonal, rank: int, noise) -> LowRank:
     >>> w = P(K @ v + 1e-2 * v)
     >>> bool(jnp.linalg.norm(w - v) < 1e-2 * jnp.linalg.norm(v))
     True
+
+    With the pivots (here the two ends of the grid come first):
+
+    >>> P, piv = pivoted_cholesky(lambda i: K[i], jnp.diag(K), 5, 1e-2,
+    ...                           return_pivots=True)
+    >>> piv.shape, [int(i) for i in piv[:2]]
+    ((5,), [0, 19])
 
     References
     ----------
@@ -230,7 +256,7 @@ def pivoted_cholesky(row_fn, diagonal, rank: int, noise) -> LowRank:
     tiny = jnp.finfo(dtype).eps * jnp.max(jnp.abs(diagonal))
 
     def step(j, carry):
-        L, d, picked = carry
+        L, d, picked, pivots = carry
         i = jnp.argmax(jnp.where(picked, -jnp.inf, d))
         pivot = d[i]
         ok = pivot > tiny
@@ -239,13 +265,16 @@ def pivoted_cholesky(row_fn, diagonal, rank: int, noise) -> LowRank:
         ell = ell.at[i].set(jnp.where(ok, jnp.sqrt(jnp.where(ok, pivot, 1)), 0))
         L = L.at[j].set(ell)
         d = d - ell**2
-        return L, d, picked.at[i].set(True)
+        return L, d, picked.at[i].set(True), pivots.at[j].set(i)
 
     L0 = jnp.zeros((rank, n), dtype)
-    init = (L0, diagonal.astype(dtype), jnp.zeros((n,), bool))
-    L, _, _ = jax.lax.fori_loop(0, rank, step, init)
+    init = (L0, diagonal.astype(dtype), jnp.zeros((n,), bool), jnp.zeros((rank,), int))
+    L, _, _, pivots = jax.lax.fori_loop(0, rank, step, init)
     U, s, _ = jnp.linalg.svd(L.T, full_matrices=False)
-    return LowRank(U, s**2 + noise, noise)
+    P = LowRank(U, s**2 + noise, noise)
+    if return_pivots:
+        return P, pivots
+    return P
 
 
 def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:

@@ -73,30 +73,21 @@ def matmat_operator(matvec):
 def pivots(params, X, *, kernel, rank):
     """Indices of `rank` greedy pivots of a partial pivoted Cholesky of `K` (no gradient).
 
-    The pivot rule of `matfree.precond.pivoted_cholesky` (largest remaining
+    The pivots of `matfree.precond.pivoted_cholesky` (largest remaining
     diagonal of the Schur complement); the indices are needed to rebuild the
     factor differentiably (`factor`).
     """
     p = jax.lax.stop_gradient(params)
     kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
-    n = X.shape[0]
 
-    def step(j, carry):
-        L, d, piv = carry
-        i = jnp.argmax(d)
-        pivot = jnp.maximum(d[i], jnp.finfo(X.dtype).tiny)
-        xi = jax.lax.dynamic_slice_in_dim(X, i, 1)
-        row = operators.kernel_matrix(xi, X, **kw)[0] - L.T @ L[:, i]
-        ell = row / jnp.sqrt(pivot)
-        d = (d - ell**2).at[i].set(-jnp.inf)
-        return L.at[j].set(ell), d, piv.at[j].set(i)
+    def row_fn(i):
+        return operators.kernel_matrix(X[i][None], X, **kw)[0]
 
-    init = (
-        jnp.zeros((rank, n), X.dtype),
-        jnp.full((n,), p["variance"]),
-        jnp.zeros(rank, int),
+    diagonal = p["variance"] * jnp.ones(X.shape[0], X.dtype)
+    _, piv = precond.pivoted_cholesky(
+        row_fn, diagonal, rank, p["noise"], return_pivots=True
     )
-    return jax.lax.fori_loop(0, rank, step, init)[2]
+    return piv
 
 
 def factor(params, X, piv, *, kernel):
@@ -122,6 +113,11 @@ def preconditioner(params, X, *, kernel, rank):
     """`(P, piv)`: the pivoted-Cholesky preconditioner `B B^T + noise I` (no gradient)."""
     p = jax.lax.stop_gradient(params)
     piv = pivots(p, X, kernel=kernel, rank=rank)
+    # Not the `LowRank` of `precond.pivoted_cholesky` (same pivots): `P` must equal
+    # `B B^T + noise I` for the differentiable `B = factor(...)`, jitter included,
+    # which the Hutchinson control variate (`_hutchinson`) subtracts; otherwise the
+    # trace estimate is biased by `tr((P_B^{-1} - P^{-1}) dP_B)`. The two factors also
+    # differ past the numerical rank (zero columns there vs the jittered solve).
     B = factor(p, X, piv, kernel=kernel)
     U, s, _ = jnp.linalg.svd(B, full_matrices=False)
     return precond.LowRank(U, s**2 + p["noise"], p["noise"]), piv

@@ -84,6 +84,48 @@ def test_pivoted_cholesky_full_rank_is_exact(kernel_problem):
     assert jnp.allclose(_dense(P, 20), jnp.linalg.inv(K + 1e-3 * jnp.eye(20)), rtol=1e-6)
 
 
+def test_pivoted_cholesky_pivots_follow_the_greedy_rule(kernel_problem):
+    # A kernel matrix with a varying diagonal, so that the first pivot means something.
+    _, K, _ = kernel_problem
+    n, rank, noise = 50, 10, 0.1
+    D = 1 + jnp.sin(jnp.arange(n)) ** 2
+    K = D[:, None] * K[:n, :n] * D[None, :]
+    f = jax.jit(
+        lambda K: precond.pivoted_cholesky(
+            lambda i: K[i], jnp.diag(K), rank, noise, return_pivots=True
+        )
+    )
+    P, piv = f(K)
+    assert piv.shape == (rank,) and jnp.issubdtype(piv.dtype, jnp.integer)
+    assert len(set(piv.tolist())) == rank
+    assert int(piv[0]) == int(jnp.argmax(jnp.diag(K)))
+    # Each pivot is the largest remaining diagonal of the (dense) Schur complement.
+    for j in range(1, rank):
+        S = piv[:j]
+        schur = jnp.diag(K) - jnp.sum(K[:, S] * jnp.linalg.solve(K[S][:, S], K[S]).T, 1)
+        assert int(piv[j]) == int(jnp.argmax(schur.at[S].set(-jnp.inf))), j
+    # The factor is the Nystrom approximation at the pivots: L L^T = K_XS K_SS^{-1} K_SX.
+    nys = K[:, piv] @ jnp.linalg.solve(K[piv][:, piv], K[piv])
+    LLt = (P.basis * (P.values - noise)) @ P.basis.T
+    assert jnp.allclose(LLt, nys, rtol=1e-8, atol=1e-10)
+    P0 = precond.pivoted_cholesky(lambda i: K[i], jnp.diag(K), rank, noise)
+    assert jnp.allclose(P0.values, P.values, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_pivoted_cholesky_pivots_are_distinct_past_the_numerical_rank(dtype):
+    # A smooth kernel on 40 close points has numerical rank far below 40: the remaining
+    # pivots have (near-)zero Schur diagonal but are never repeated.
+    x = jnp.linspace(0, 0.5, 40, dtype=dtype)[:, None]
+    K = operators.kernel_matrix(x, x, lengthscale=jnp.asarray(0.5, dtype))
+    P, piv = precond.pivoted_cholesky(
+        lambda i: K[i], jnp.diag(K), 40, 1e-2, return_pivots=True
+    )
+    assert sorted(piv.tolist()) == list(range(40))
+    assert P.values.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(P.values))) and bool(jnp.all(P.values >= 1e-2 / 2))
+
+
 def test_jacobi_from_estimated_diagonal_fixes_bad_scaling():
     A0 = test_util.spd_matrix(jax.random.PRNGKey(3), 60, 10.0)
     D = jnp.logspace(0, 3, 60)
