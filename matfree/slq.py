@@ -7,13 +7,16 @@ form is approximated by Gauss quadrature from a Lanczos run started at `z`:
 batched matvec per step); gradients come from the Lanczos adjoint and the
 tie-safe derivative of `f(T)` (no backpropagation through loops).
 
-Two estimators of the average over probes (`method=`):
+Three estimators of the average over probes (`method=`):
 
 - `"hutchinson"`: the plain average of the quadratic forms (default).
 - `"hutch++"`: a sketch `Q = orth(f(A) S)` takes the large eigenvalues of
   `f(A)` exactly (`tr Q^T f(A) Q` by quadrature on the columns of `Q`) and
   Hutchinson estimates the rest from projected probes (Hutch++ for matrix
   functions; Meyer, Musco, Musco, Woodruff 2021; Chen, Hallman 2023).
+- `"xtrace"`: every probe serves both the sketch and the correction
+  (leave-one-out; Epperly, Tropp, Webber 2024), with `f(A) Ω` and `f(A) Q`
+  from Lanczos actions and the diagonal quadratic forms by quadrature.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from matfree import _checks, _dense, _flat, decomp, stochtrace
 
 __all__ = ["SLQEstimate", "logdet", "trace_funm"]
 
-METHODS = ("hutchinson", "hutch++")
+METHODS = ("hutchinson", "hutch++", "xtrace")
+# Sketch methods: the minimum `num_probes`; the sketch has `num_probes // it` vectors.
+SKETCH_DIVISOR = {"hutch++": 3, "xtrace": 2}
 
 STATUS_OK = 0
 STATUS_NOT_POSITIVE = 1
@@ -61,9 +66,13 @@ class SLQEstimate(NamedTuple):
         only the Hutchinson part's values for the projected probes
         `(I - QQ^T) g`, shape `(num_probes - 2 (num_probes // 3),)`; then
         `estimate - mean(samples)` is the sketch part `tr(Q^T f(A) Q)`.
+        For `method="xtrace"` the `s = num_probes // 2` leave-one-out
+        estimates of `tr f(A)`, shape `(s,)`; `estimate` is their mean and
+        `std_error` their standard deviation over `sqrt(s)`.
     num_matvecs
-        Products with the operator: `num_probes * depth` (a static int) for
-        either method.
+        Products with the operator (a static int): `num_probes * depth` for
+        `"hutchinson"` and `"hutch++"`, `2 (num_probes // 2) * depth` for
+        `"xtrace"` (one less Lanczos run than `num_probes` if it is odd).
     ritz_min, ritz_max
         The smallest and largest Ritz value over all probes: bounds inside the
         spectrum of the (preconditioned) operator.
@@ -117,8 +126,9 @@ def trace_funm(
         error decays geometrically in `depth` at a rate set by the condition
         number (see the guide "Choosing depth and probes").
     num_probes
-        Number of probes `m` (a static int `>= 1`; `>= 3` for `"hutch++"`).
-        Either method spends `m` Lanczos runs of `depth` steps.
+        Number of probes `m` (a static int `>= 1`; `>= 3` for `"hutch++"`,
+        `>= 2` for `"xtrace"`). Every method spends `m` Lanczos runs of
+        `depth` steps (`"xtrace"`: `2 (m // 2)`).
     method
         `"hutchinson"` (default): the average of `m` quadratic forms.
         `"hutch++"`: variance reduction for spectra of `f(A)` with a few
@@ -126,20 +136,24 @@ def trace_funm(
         `Q = orth(f(A) S)` (Lanczos actions, `k` runs); `tr(Q^T f(A) Q)` is
         computed by quadrature on the `k` columns of `Q` and the remaining
         `m - 2k` probes `g` estimate `tr f(A) - tr(Q^T f(A) Q)` from the
-        quadratic forms of `(I - QQ^T) g`. Needs `m // 3 <= n`. The XTrace
-        estimator exists only for traces of `A` itself (`matfree.trace`).
+        quadratic forms of `(I - QQ^T) g`. Needs `m // 3 <= n`.
+        `"xtrace"`: `s = m // 2` probes `Ω` serve both as the sketch and
+        as the Hutchinson probes (leave one out; see Notes). Two Lanczos runs
+        per probe: the actions `f(A) Ω` and `f(A) Q` for `Q = orth(f(A) Ω)`.
+        Needs `m // 2 <= n`.
     probes
         `"rademacher"` (default), `"gaussian"`, or `"unit"` (deterministic:
         all `n` unit vectors, `num_probes == n`; with `depth == n` the result
-        is exact up to rounding; `"hutchinson"` only).
+        is exact up to rounding; `"hutchinson"` only: the sketch methods need
+        random probes).
     batch_size
         If given, the probes run in sequential batches of this size
         (`jax.lax.map`, each batch rematerialised in the backward pass), so
         memory is `O(n depth batch_size)` for the value and the gradient.
         Must divide `num_probes`. Default: all probes in one batch. With
-        `"hutch++"` both stages (the sketch and the quadratic forms) are
-        batched; a last incomplete batch is padded with zero vectors (which
-        cost matvecs but contribute nothing).
+        `"hutch++"` and `"xtrace"` both stages (the sketch and the quadratic
+        forms or actions) are batched; a last incomplete batch is padded with
+        zero vectors (which cost matvecs but contribute nothing).
     precond
         Optional preconditioner: an object with `inv_sqrt(v)` (a symmetric
         `P^{-1/2} v`) and `logdet()`. Then `f` is applied to
@@ -157,7 +171,8 @@ def trace_funm(
     Notes
     -----
     Memory: `O(n depth b)` for `b` probes per batch (value and gradient).
-    Matvecs: `num_probes * depth`; the gradient costs about one more pass
+    Matvecs: `num_probes * depth` (`2 (num_probes // 2) * depth` for
+    `"xtrace"`); the gradient costs about one more pass
     (each adjoint step is one VJP of the batched matvec), two with
     `batch_size` (rematerialisation).
 
@@ -174,6 +189,31 @@ def trace_funm(
     (Chen, Hallman 2023), which reuses the block Krylov space of the sketch
     for the exact part, is not implemented.
 
+    XTrace: with `s = m // 2` probes `ω_i` (rows of `Ω`), `Y = f(A) Ω^T = QR`
+    and `Q_i = orth(f(A) Ω_{-i}^T)` (leave `ω_i` out), sample `i` is
+    `tr(Q_i^T f(A) Q_i) + u_i^T f(A) u_i` with `u_i = (I - Q_i Q_i^T) ω_i`;
+    the estimate is their mean. `Q_i` does not depend on `ω_i`, so with exact
+    actions each sample is unbiased, and all of them come from the small
+    matrices `R`, `Q^T Ω^T`, `H = Q^T f(A) Q`, `Ω f(A) Q` and the diagonal of
+    `Ω f(A) Ω^T` by rank-one downdates (`matfree.trace` shares this code).
+    Here `f(A) Ω^T` and `f(A) Q` are Lanczos actions `|x| V^T f(T) e_1`. The
+    diagonal terms `ω_i^T f(A) ω_i` and `q_j^T f(A) q_j` are taken by Gauss
+    quadrature `|x|^2 e_1^T f(T) e_1` from the same runs (free; equal to
+    `x^T` times the action up to rounding, exact for polynomials of degree
+    `< 2 depth`). The off-diagonal terms `q_j^T f(A) q_k` (symmetrised) and
+    `ω_i^T f(A) q_j` (the average of the actions on `ω_i` and on `q_j`) come
+    from actions, exact only for degree `< depth`. Unlike Hutch++, whose
+    sketch errors only cost variance, these action errors enter the estimate
+    as a bias (measured: comparable to the quadrature bias of Hutchinson at
+    the same depth; see the guide "Choosing depth and probes"). XTrace is
+    exact up to rounding when `f(A)` has rank `< m // 2` (e.g. `log` of the
+    identity plus a low-rank matrix) and `depth` reaches the Krylov
+    dimension; like Hutch++ it pays off when `f(A)` is nearly low rank.
+    Gradients flow through the QR of `f(A) Ω^T` (`jnp.linalg.qr`) and the
+    Lanczos adjoints; the QR derivative needs `f(A) Ω^T` to have full column
+    rank, so where `f(A)` has rank `< m // 2` the value is exact but the
+    gradient is not reliable (use fewer probes or Hutch++ there).
+
     References
     ----------
     S. Ubaru, J. Chen, Y. Saad. Fast estimation of tr(f(A)) via stochastic
@@ -185,6 +225,10 @@ def trace_funm(
 
     T. Chen, E. Hallman. Krylov-aware stochastic trace estimation. SIAM J.
     Matrix Anal. Appl., 44(3), 2023.
+
+    E. N. Epperly, J. A. Tropp, R. J. Webber. XTrace: Making the most of every
+    sample in stochastic trace estimation. SIAM J. Matrix Anal. Appl., 45(1),
+    2024.
 
     G. H. Golub, G. Meurant. Matrices, Moments and Quadrature with
     Applications. Princeton University Press, 2010.
@@ -220,6 +264,7 @@ def trace_funm(
     method = _check_method(method, kind, num_probes, n)
     quadrature = _batches(_quadrature(f, op, depth), batch_size)
 
+    num_matvecs = num_probes * depth
     if method == "hutchinson":
         Z = stochtrace.sample_probes(key, num_probes, n, kind=kind, dtype=op.dtype)
         samples, rmin, rmax, lstatus = quadrature(Z)
@@ -227,14 +272,14 @@ def trace_funm(
             samples = n * samples
         est, se = stochtrace._mean_and_std_error(samples, kind == "unit")
         stage_min = [jnp.min(rmin)]
-    else:  # Hutch++ for matrix functions
+    elif method == "hutch++":  # Hutch++ for matrix functions
         k = num_probes // 3
         key_s, key_g = jax.random.split(stochtrace._check_random_key(key, kind))
         S = stochtrace.sample_probes(key_s, k, n, kind=kind, dtype=op.dtype)
         G = stochtrace.sample_probes(
             key_g, num_probes - 2 * k, n, kind=kind, dtype=op.dtype
         )
-        Y, smin, smax, sstatus = _batches(_action(f, op, depth), batch_size)(S)
+        Y, _, smin, smax, sstatus = _batches(_action(f, op, depth), batch_size)(S)
         Q, _ = jnp.linalg.qr(Y.T)  # (n, k); differentiable
         Qt = Q.T
         Gp = G - (G @ Q) @ Qt  # projected probes (I - QQ^T) g, as rows
@@ -244,6 +289,24 @@ def trace_funm(
         est = jnp.sum(values[:k]) + est
         # The sketch's Ritz values stay finite even when NaNs from `f` of a
         # non-positive spectrum propagate into Q.
+        stage_min = [jnp.min(smin), jnp.min(rmin)]
+        rmin, rmax = jnp.concatenate([smin, rmin]), jnp.concatenate([smax, rmax])
+        lstatus = jnp.concatenate([sstatus, lstatus])
+    else:  # XTrace for matrix functions
+        s = num_probes // 2
+        Om = stochtrace.sample_probes(key, s, n, kind=kind, dtype=op.dtype)
+        action = _batches(_action(f, op, depth), batch_size)
+        Y, d, smin, smax, sstatus = action(Om)  # f(A) omega_i (rows), quadratures
+        Q, R = jnp.linalg.qr(Y.T)  # (n, s); differentiable
+        Qt = Q.T
+        Z, h, rmin, rmax, lstatus = action(Qt)  # f(A) q_j (rows), quadratures
+        H = Qt @ Z.T
+        H = (H + H.T) / 2
+        H = H - jnp.diag(jnp.diagonal(H)) + jnp.diag(h)  # quadrature on the diagonal
+        samples = stochtrace._xtrace_loo(R, Qt @ Om.T, H, Om @ Z.T, d)
+        est, se = stochtrace._mean_and_std_error(samples, False)
+        num_matvecs = 2 * s * depth
+        # As for Hutch++: NaNs from a non-positive spectrum may propagate into Q.
         stage_min = [jnp.min(smin), jnp.min(rmin)]
         rmin, rmax = jnp.concatenate([smin, rmin]), jnp.concatenate([smax, rmax])
         lstatus = jnp.concatenate([sstatus, lstatus])
@@ -258,38 +321,34 @@ def trace_funm(
     status = status.astype(jnp.int32)
     if throw:
         est = eqx.branched_error_if(est, status != 0, status, STATUS_MESSAGES)
-    return SLQEstimate(est, se, samples, num_probes * depth, rmin, rmax, status)
+    return SLQEstimate(est, se, samples, num_matvecs, rmin, rmax, status)
 
 
 def _check_method(method, kind, num_probes, n):
-    if method == "xtrace":
-        msg = (
-            '`method="xtrace"` is only available in `matfree.trace` (traces of A '
-            'itself); for `tr f(A)` and `logdet` use `method="hutch++"` for '
-            "variance reduction."
-        )
-        raise ValueError(msg)
     if method not in METHODS:
         msg = f"`method` must be one of {METHODS}; got {method!r}."
         raise ValueError(msg)
-    if method == "hutch++":
-        if kind == "unit":
-            msg = (
-                '`probes="unit"` is exact and needs no variance reduction; use '
-                '`method="hutchinson"`, not "hutch++".'
-            )
-            raise ValueError(msg)
-        if num_probes < 3:
-            msg = (
-                f'`num_probes` must be at least 3 for `method="hutch++"`; got {num_probes}.'
-            )
-            raise ValueError(msg)
-        if num_probes // 3 > n:
-            msg = (
-                f'`num_probes` // 3 must be at most n = {n} for `method="hutch++"`; '
-                f"got num_probes={num_probes}."
-            )
-            raise ValueError(msg)
+    if method == "hutchinson":
+        return method
+    if kind == "unit":
+        msg = (
+            '`probes="unit"` is exact and needs no variance reduction; use '
+            f'`method="hutchinson"`, not {method!r}.'
+        )
+        raise ValueError(msg)
+    divisor = SKETCH_DIVISOR[method]
+    if num_probes < divisor:
+        msg = (
+            f'`num_probes` must be at least {divisor} for `method="{method}"`; '
+            f"got {num_probes}."
+        )
+        raise ValueError(msg)
+    if num_probes // divisor > n:
+        msg = (
+            f"`num_probes` // {divisor} must be at most n = {n} for "
+            f'`method="{method}"`; got num_probes={num_probes}.'
+        )
+        raise ValueError(msg)
     return method
 
 
@@ -321,12 +380,16 @@ def _quadrature(f, op, depth):
 
 
 def _action(f, op, depth):
-    """Rows `s` -> the Lanczos approximation `|s| V^T f(T) e_1` of `f(A) s`."""
+    """Rows `s` -> the Lanczos approximation `|s| V^T f(T) e_1` of `f(A) s`.
+
+    Also returns the quadrature `|s|^2 e_1^T f(T) e_1` of `s^T f(A) s` from the
+    same run, the Ritz extremes and the Lanczos status.
+    """
 
     def run(Sb):
         res, fT, rmin, rmax = _lanczos_f(f, op, depth, Sb)
         Y = res.init_norm[:, None] * jnp.einsum("bkn,bk->bn", res.basis, fT[:, :, 0])
-        return Y, rmin, rmax, res.status
+        return Y, res.init_norm**2 * fT[:, 0, 0], rmin, rmax, res.status
 
     return run
 
@@ -383,13 +446,16 @@ def logdet(
         than values to converge; check both (guide "Choosing depth and probes").
     num_probes
         Number of probes (Lanczos runs); the standard error falls like
-        `1 / sqrt(num_probes)`.
+        `1 / sqrt(num_probes)` (faster for the sketch methods on nearly
+        low-rank `log A`).
     method
-        `"hutchinson"` (default) or `"hutch++"`: variance reduction when
-        `log A` has a few eigenvalues much larger in magnitude than the rest
-        (e.g. a kernel matrix with a fast-decaying spectrum plus small noise),
-        at the same number of matvecs. See `trace_funm`. (`"xtrace"` is
-        available only in `matfree.trace`.)
+        `"hutchinson"` (default), `"hutch++"` or `"xtrace"`: variance
+        reduction when `log A` has a few eigenvalues much larger in magnitude
+        than the rest (e.g. identity plus a low-rank matrix with large
+        eigenvalues), at about the same number of matvecs. `"xtrace"` takes
+        its cross terms from Lanczos actions, whose error adds to the
+        quadrature bias (little, in the measurements of the guide "Choosing
+        depth and probes"). See `trace_funm`.
     probes
         `"rademacher"` (default), `"gaussian"`, or `"unit"` (`num_probes == n`,
         deterministic, exact with `depth == n`; `"hutchinson"` only).
@@ -416,6 +482,9 @@ def logdet(
     R. A. Meyer, C. Musco, C. Musco, D. P. Woodruff. Hutch++: Optimal
     stochastic trace estimation. SOSA, 2021.
 
+    E. N. Epperly, J. A. Tropp, R. J. Webber. XTrace: Making the most of every
+    sample in stochastic trace estimation. SIAM J. Matrix Anal. Appl., 2024.
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp
@@ -428,6 +497,10 @@ def logdet(
     True
     >>> est = logdet(lambda v: A @ v, jnp.zeros(50), key=jax.random.PRNGKey(1),
     ...              depth=15, num_probes=21, method="hutch++")
+    >>> bool(jnp.abs(est.estimate - ref) < 4 * est.std_error)
+    True
+    >>> est = logdet(lambda v: A @ v, jnp.zeros(50), key=jax.random.PRNGKey(1),
+    ...              depth=15, num_probes=20, method="xtrace")
     >>> bool(jnp.abs(est.estimate - ref) < 4 * est.std_error)
     True
     """

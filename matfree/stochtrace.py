@@ -304,27 +304,60 @@ def _check_random_key(key, kind):
 
 def _xtrace_samples(mv, Om):
     """Leave-one-out estimates of XTrace for probes `Om` (s, n) (rows)."""
-    Y = mv(Om).T  # (n, s)
-    Q, R = jnp.linalg.qr(Y)
-    Z = mv(Q.T).T  # A Q, (n, s)
-    H = Q.T @ Z  # (s, s)
-    # Q_(i) Q_(i)^T = Q (I - s_i s_i^T) Q^T, with s_i the normalised i-th column
-    # of R^{-T}: the unit vector orthogonal to the other columns of R.
+    Y = mv(Om)  # A omega_i, rows (s, n)
+    Q, R = jnp.linalg.qr(Y.T)  # (n, s), (s, s)
+    Qt = Q.T
+    Z = mv(Qt)  # A q_j, rows (s, n)
+    d = jnp.sum(Om * Y, axis=1)
+    return _xtrace_loo(R, Qt @ Om.T, Qt @ Z.T, Om @ Z.T, d)
+
+
+def _xtrace_loo(R, W, H, M, d):
+    r"""The `s` leave-one-out estimates of XTrace from its sketch's small matrices.
+
+    For a symmetric `F` (`A` for `trace`, `f(A)` for `matfree.slq`), probes
+    `Ω` (rows `ω_i`) and `F Ω^T = Q R` (thin QR), sample `i` is
+    `tr(Q_i^T F Q_i) + u_i^T F u_i` with `Q_i = orth(F Ω_{-i}^T)` (leave one
+    out) and `u_i = (I - Q_i Q_i^T) ω_i`. It needs no product with `F`
+    beyond `F Ω^T` and `F Q`: `Q_i Q_i^T = Q (I - s_i s_i^T) Q^T` with `s_i`
+    the normalised `i`-th column of `R^{-T}` (a rank-one downdate), so
+    everything is a function of the `(s, s)` matrices below.
+
+    Parameters
+    ----------
+    R
+        The triangular factor of `F Ω^T = Q R`; column `i` is `Q^T F ω_i`.
+    W
+        `Q^T Ω^T`.
+    H
+        `Q^T F Q` (only its symmetric part enters).
+    M
+        `Ω F Q`: row `i` is `ω_i^T F Q`.
+    d
+        `diag(Ω F Ω^T)`, shape `(s,)`.
+
+    Returns
+    -------
+    The `s` estimates, each unbiased for `tr F` when the products are exact.
+    """
+    # s_i: the unit vector orthogonal to the other columns of R. A (near)
+    # rank-deficient sketch gets its tiny pivots floored so that R^{-T} stays
+    # finite.
     diag = jnp.diagonal(R)
     floor = jnp.finfo(R.dtype).eps * jnp.max(jnp.abs(diag))
     diag_safe = jnp.where(jnp.abs(diag) > floor, diag, jnp.where(diag < 0, -floor, floor))
-    R = R - jnp.diag(jnp.diagonal(R)) + jnp.diag(diag_safe)
+    R_safe = R - jnp.diag(diag) + jnp.diag(diag_safe)
     eye = jnp.eye(R.shape[0], dtype=R.dtype)
-    Sm = jax.scipy.linalg.solve_triangular(R, eye, trans="T", lower=False)  # R^{-T}
+    Sm = jax.scipy.linalg.solve_triangular(R_safe, eye, trans="T", lower=False)
     Sm = Sm / jnp.linalg.norm(Sm, axis=0, keepdims=True)
-    W = Q.T @ Om.T  # (s, s), columns w_i = Q^T omega_i
-    c = jnp.sum(Sm * W, axis=0)  # s_i^T w_i
-    # Low-rank part: tr(H) - s_i^T H s_i.
+    # Low-rank part: tr(Q_i^T F Q_i) = tr(H) - s_i^T H s_i.
     low_rank = jnp.trace(H) - jnp.sum(Sm * (H @ Sm), axis=0)
-    # Deflated omega_i and A times it, as columns.
-    U = Om.T - Q @ W + (Q @ Sm) * c  # (I - P_i) omega_i
-    AU = Y - Z @ W + (Z @ Sm) * c
-    return low_rank + jnp.sum(U * AU, axis=0)
+    # u_i = omega_i - Q v_i with v_i = w_i - s_i (s_i^T w_i), as columns of V.
+    V = W - Sm * jnp.sum(Sm * W, axis=0)
+    # u_i^T F u_i = omega_i^T F omega_i - omega_i^T F Q v_i - v_i^T Q^T F omega_i
+    #               + v_i^T H v_i.
+    cross = jnp.sum(M.T * V, axis=0) + jnp.sum(R * V, axis=0)
+    return low_rank + d - cross + jnp.sum(V * (H @ V), axis=0)
 
 
 def diagonal(
