@@ -86,7 +86,8 @@ def worker_epoch_matfree(n, repeats):
     vg, raw, _ = _matfree_problem(X, y)
     key = jax.random.PRNGKey(0)
     compiled, t_compile = _util.compile_jit(vg, raw, key)
-    _util.block(compiled(raw, key))
+    if repeats > 1:  # warm-up (compiled ahead of time: a single run needs none)
+        _util.block(compiled(raw, key))
     times, losses = [], []
     for i in range(repeats):
         t0 = time.perf_counter()
@@ -337,6 +338,12 @@ def main():
     ap.add_argument(
         "--max-timed-n", type=int, default=10000, help="larger n: compile + memory only"
     )
+    ap.add_argument("--cholesky-max-n", type=int, default=10000)
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the rows of earlier runs (default: keep the sizes not re-run)",
+    )
     args = ap.parse_args()
     if args.worker:
         kind, n, r = args.worker
@@ -361,14 +368,14 @@ def main():
         rep = repeats if n <= 10000 else 1
         print(f"n = {n}: matfree ...", flush=True)
         kind = "epoch_matfree" if n <= args.max_timed_n else "compile_matfree"
-        r["matfree"] = run_worker(kind, n, rep, timeout=1200)
+        r["matfree"] = run_worker(kind, n, rep, timeout=1200 if n <= 10000 else 3600)
         print(f"        {r['matfree']}", flush=True)
         print(f"n = {n}: gpytorch ...", flush=True)
         r["gpytorch"] = run_worker(
             "epoch_gpytorch", n, rep, timeout=1200, mem_gib=args.gpytorch_mem_gib
         )
         print(f"        {r['gpytorch']}", flush=True)
-        if n <= 10000:
+        if n <= args.cholesky_max_n:
             print(f"n = {n}: cholesky ...", flush=True)
             r["cholesky"] = run_worker("epoch_cholesky", n, rep)
             print(f"        {r['cholesky']}", flush=True)
@@ -383,7 +390,28 @@ def main():
         if "params" in fits[lib]:
             fits[lib]["loss"] = exact_loss_per_point(args.fit_n, fits[lib]["params"])
         print(f"  {lib}: {fits[lib]}", flush=True)
+    if not args.quick:
+        rows = _merge_rows(rows, fresh=args.fresh)
     write(rows, fits, args, _util.machine())
+
+
+def _merge_rows(rows, *, fresh):
+    """Keep the raw rows in `results/gp_rows.json`; a run replaces only its sizes.
+
+    Every row records when it was measured (`measured` column), so a table
+    assembled from several runs says which numbers come from which run.
+    """
+    path = HERE / "results" / "gp_rows.json"
+    when = time.strftime("%Y-%m-%d")
+    for r in rows:
+        r.setdefault("measured", when)
+    old = [] if fresh or not path.exists() else json.loads(path.read_text())
+    new_sizes = {r["n"] for r in rows}
+    merged = sorted(
+        [r for r in old if r["n"] not in new_sizes] + rows, key=lambda r: r["n"]
+    )
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    return merged
 
 
 def _cell(r, key, fmt="{:.2f}"):
@@ -416,8 +444,9 @@ def write(rows, fits, args, machine):
         "(1 at n > 10,000). Peak memory: the process's peak RSS.",
         "",
         "| n | matfree s/epoch | GPyTorch s/epoch | ratio | Cholesky s/epoch | matfree compile s "
-        "| matfree peak RSS GiB (XLA est.) | GPyTorch peak RSS GiB | loss/pt matfree | loss/pt GPyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| matfree peak RSS GiB (XLA est.) | GPyTorch peak RSS GiB | loss/pt matfree "
+        "| loss/pt GPyTorch | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m, g, c = (
@@ -430,7 +459,8 @@ def write(rows, fits, args, machine):
         lines.append(
             f"| {r['n']:,} | {_cell(m, 'sec')} | {_cell(g, 'sec')} | {ratio} | {_cell(c, 'sec')} "
             f"| {_cell(m, 'compile', '{:.1f}')} | {_cell(m, 'rss_gib')}{xla} | {_cell(g, 'rss_gib')} "
-            f"| {_cell(m, 'loss', '{:.4f}')} | {_cell(g, 'loss', '{:.4f}')} |"
+            f"| {_cell(m, 'loss', '{:.4f}')} | {_cell(g, 'loss', '{:.4f}')} "
+            f"| {r.get('measured', '-')} |"
         )
     lines += [
         "",
