@@ -415,7 +415,19 @@ def _merge_rows(rows, *, fresh):
 
 
 def _cell(r, key, fmt="{:.2f}"):
-    return fmt.format(r[key]) if key in r else r.get("error", "n/a")[:48]
+    if key in r:
+        return fmt.format(r[key])
+    return _short_error(r.get("error", "n/a"))
+
+
+def _short_error(err):
+    """A table-sized reason, e.g. torch's allocation failure with its size."""
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", err)
+    if m:
+        return f"out of memory (one {int(m.group(1)) / 1e9:.1f} GB allocation refused)"
+    return err[:48]
 
 
 def write(rows, fits, args, machine):
@@ -434,14 +446,17 @@ def write(rows, fits, args, machine):
     lines = [
         "## GP hyperparameter fitting (`benchmarks/bench_gp.py`)",
         "",
-        f"Machine: {machine}; {peers}. Shared 2-core CPU under load from other "
-        "processes: timings are provisional.",
+        f"Machine: {machine}; {peers}. Rows marked `(loaded)` were measured while "
+        "other jobs shared the 2 cores (provisional); the others on a quiet machine.",
         "",
         f"One epoch = value + gradient of the negative log marginal likelihood; float32; "
         f"Matérn-3/2 ARD on protein inputs (d = 9); {CFG['probes']} probes, Lanczos depth "
         f"{CFG['depth']}, CG rtol {CFG['rtol']}, pivoted-Cholesky preconditioner rank "
-        f"{CFG['rank']} (same settings for GPyTorch). Median of 3 epochs after a warm-up "
-        "(1 at n > 10,000). Peak memory: the process's peak RSS.",
+        f"{CFG['rank']} (same settings for GPyTorch). Median of 3 epochs after a warm-up; "
+        "at n > 10,000 a single epoch (matfree's step is compiled ahead of time, so it "
+        "needs no warm-up). Peak memory: the process's peak RSS. GPyTorch runs under a "
+        f"{args.gpytorch_mem_gib:g} GiB address-space cap (the machine has 24 GiB; "
+        "without a cap an out-of-memory run would invoke the OOM killer).",
         "",
         "| n | matfree s/epoch | GPyTorch s/epoch | ratio | Cholesky s/epoch | matfree compile s "
         "| matfree peak RSS GiB (XLA est.) | GPyTorch peak RSS GiB | loss/pt matfree "

@@ -20,8 +20,9 @@
 #    per point and seconds per epoch.
 #
 # Set `MATFREE_SMALL=1` for a small, fast run (used by the test suite); by hand
-# it runs at full size (the protein fit at 36,584 training points takes long on
-# a 2-core CPU: each epoch is tens of kernel passes over 36,584^2 entries).
+# it runs at full size. The protein fit at 36,584 training points takes long on
+# a 2-core CPU: each epoch is about 60 kernel passes over 36,584^2 entries
+# (about 2 minutes); `MATFREE_PROTEIN_STEPS` and `MATFREE_PROTEIN_ROWS` shorten it.
 
 # %%
 import os
@@ -50,6 +51,10 @@ N_1D = 100 if SMALL else 2000
 N_CHECK = 100 if SMALL else 3000
 N_PROTEIN = 400 if SMALL else None  # None: all 45,730 rows
 STEPS = 15 if SMALL else 60
+# The protein fit's size and length can be set by hand, e.g. for a shorter run:
+# MATFREE_PROTEIN_ROWS=10000 MATFREE_PROTEIN_STEPS=20.
+N_PROTEIN = int(os.environ.get("MATFREE_PROTEIN_ROWS", 0)) or N_PROTEIN
+PROTEIN_STEPS = int(os.environ.get("MATFREE_PROTEIN_STEPS", 0)) or STEPS
 KEY = jax.random.PRNGKey(0)
 
 # %% [markdown]
@@ -161,7 +166,9 @@ popts = {
     "rtol": 1e-2,
 }
 t0 = time.perf_counter()
-fitp = gp.fit(p0, Xp, yp, key=KEY, optimizer=optax.adam(0.1), num_steps=STEPS, **popts)
+fitp = gp.fit(
+    p0, Xp, yp, key=KEY, optimizer=optax.adam(0.1), num_steps=PROTEIN_STEPS, **popts
+)
 total = time.perf_counter() - t0
 mean_p, _ = gp.predict(
     fitp.params,
