@@ -104,3 +104,14 @@ def figure_path(name: str) -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     os.makedirs(os.path.join(here, "figures"), exist_ok=True)
     return os.path.join(here, "figures", f"{name}.png")
+
+
+def load_note() -> str:
+    """The machine's load when called, for result headers (timings under load differ)."""
+    import os
+
+    load = os.getloadavg()[0]
+    quiet = "quiet" if load < 1.5 else "shared with other jobs, timings provisional"
+    return (
+        f"{os.cpu_count()}-core CPU, 1-min load average {load:.2f} at the start ({quiet})"
+    )

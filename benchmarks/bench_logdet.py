@@ -27,10 +27,13 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
+import _util  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import matplotlib.pyplot as plt  # noqa: E402
 
 import matfree  # noqa: E402
 from matfree import operators, test_util  # noqa: E402
+
+LOAD = _util.load_note()  # at import: before this run adds its own load
 
 ROOT = pathlib.Path(__file__).parent
 PARAMS = {"lengthscale": 0.2, "variance": 1.0, "noise": 1e-2}
@@ -189,7 +192,7 @@ def main():
     def log(msg):
         print(msg, flush=True)
 
-    log(f"jax {jax.__version__}, devices {jax.devices()}")
+    log(f"jax {jax.__version__}, devices {jax.devices()}; {LOAD}")
     rows = bench_kernel(sizes, depth, probes, batch, reps, log)
     log("trace estimators at equal matvec budget (n=1000, 20 decaying + flat noise) ...")
     variance = bench_trace_variance(budgets, num_keys, log)
@@ -235,8 +238,8 @@ def write_results(args, rows, variance, budgets, depth, probes, num_keys):
     lines = [
         f"## Log-determinants and trace estimators{' (quick run)' if args.quick else ''}",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, 2-core CPU shared with "
-        f"other jobs (timings provisional). jax {jax.__version__}, jaxlib "
+        f"Machine: {platform.processor() or platform.machine()}, {LOAD}. "
+        f"jax {jax.__version__}, jaxlib "
         f"{jax.lib.__version__ if hasattr(jax.lib, '__version__') else jax.__version__}, "
         f"scipy {scipy.__version__}, float64.",
         "",
