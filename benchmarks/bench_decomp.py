@@ -25,6 +25,8 @@ from matfree import _dense, decomp, operators
 
 jax.config.update("jax_enable_x64", True)
 
+LOAD = _util.load_note()  # at import: before this run adds its own load
+
 
 def make_problem(kind, n):
     if kind == "stencil":
@@ -88,7 +90,7 @@ def report(rows, repeats):
     lines = [
         "## Lanczos: forward, adjoint gradient, autodiff through the loop",
         "",
-        f"Machine: {_util.machine()}. float64, full re-orthogonalisation.",
+        f"Machine: {_util.machine()}; {LOAD}. float64, full re-orthogonalisation.",
         f"Median of {repeats} runs after a warm-up (one run where a run exceeds 5 s); compile time separate; peak memory",
         "is XLA's compiled-memory estimate (arguments + outputs + temporaries).",
         "Quantity: `|v|^2 e1^T log(T) e1`, gradient w.r.t. the operator parameter and `v`.",
