@@ -175,8 +175,9 @@ def trace_funm(
     `"xtrace"`); the gradient costs about one more pass (one batched
     matvec per adjoint step) plus one VJP of the matvec on all basis vectors
     of a batch at once, and a further pass with `batch_size`
-    (rematerialisation). Measured on a 4096-point RBF kernel matvec (depth
-    30, 16 probes): value+gradient 2.6x the value time.
+    (rematerialisation). Measured on a blocked RBF kernel matvec (depth
+    30, 16 probes, quiet 2-core CPU): value+gradient 2.8x the value time at
+    n = 4096, 2.5x at n = 16,384 (`benchmarks/RESULTS.md`).
 
     Hutch++: with `P = QQ^T`, `tr f(A) = tr(Q^T f(A) Q) + E[g^T (I - P) f(A)
     (I - P) g]` for any `Q` independent of `g`, so the estimator is unbiased
