@@ -31,7 +31,7 @@ import _util  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import matplotlib.pyplot as plt  # noqa: E402
 
 import matfree  # noqa: E402
-from matfree import operators, test_util  # noqa: E402
+from matfree import matrices, operators  # noqa: E402
 
 LOAD = _util.load_note()  # at import: before this run adds its own load
 
@@ -158,7 +158,7 @@ def bench_trace_variance(budgets, num_keys, log):
             jax.random.uniform(jax.random.PRNGKey(2), (n - 20,)),
         ]
     )
-    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(3), eigvals)
+    A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(3), eigvals)
     truth = float(jnp.sum(eigvals))
     keys = jax.random.split(jax.random.PRNGKey(4), num_keys)
     out = {}

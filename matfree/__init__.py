@@ -1,6 +1,19 @@
 """matfree: differentiable, matrix-free linear algebra in JAX."""
 
-from matfree import decomp, eig, funm, gp, pde, precond, slq, solvers, stochtrace
+from matfree import (
+    decomp,
+    eig,
+    funm,
+    gp,
+    matrices,
+    operators,
+    pde,
+    precond,
+    slq,
+    solvers,
+    status,
+    stochtrace,
+)
 from matfree.funm import exp_action, funm_action, sqrt_action
 from matfree.slq import logdet, trace_funm
 from matfree.solvers import Solution, solve
@@ -15,12 +28,15 @@ __all__ = [
     "funm_action",
     "gp",
     "logdet",
+    "matrices",
+    "operators",
     "pde",
     "precond",
     "slq",
     "solve",
     "solvers",
     "sqrt_action",
+    "status",
     "stochtrace",
     "trace",
     "trace_funm",

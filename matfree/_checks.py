@@ -11,6 +11,45 @@ import operator
 import jax
 import jax.numpy as jnp
 
+GRADIENTS = ("adjoint", "autodiff", "hutchinson")
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Return `value` if it is one of `choices` (strings), else raise a `ValueError`.
+
+    The one message for every string option of the library.
+    """
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        msg = f"`{name}` must be one of {choices}; got {name}={value!r}."
+        raise ValueError(msg)
+    return value
+
+
+def check_gradient(gradient, allowed=("adjoint", "autodiff")) -> str:
+    """Check the `gradient=` keyword against the values a verb supports.
+
+    The values mean the same everywhere (see `docs/conventions.md`):
+    `"adjoint"` the library's custom reverse-mode rule (decomposition
+    adjoint, two-sided rule, implicit differentiation), `"autodiff"` JAX's
+    autodiff through the iterations (forward mode and higher derivatives),
+    `"hutchinson"` a stochastic estimate of the gradient of a log-determinant.
+    """
+    if gradient in GRADIENTS and gradient not in allowed:
+        msg = (
+            f"`gradient={gradient!r}` is not available here; this function supports "
+            f"gradient in {tuple(allowed)}."
+        )
+        raise ValueError(msg)
+    return check_choice(gradient, "gradient", allowed)
+
+
+def check_key(key, why: str = "the probes are random") -> None:
+    """Raise a `TypeError` if a required random `key` is missing."""
+    if key is None:
+        msg = f"`key` is required ({why}); pass e.g. `key=jax.random.PRNGKey(0)`."
+        raise TypeError(msg)
+
 
 def check_callable(fn, name: str = "matvec") -> None:
     """Raise a `TypeError` unless `fn` is callable."""

@@ -42,6 +42,15 @@ def flatten(matvec, v, *, name: str = "v") -> tuple[jax.Array, FlatOperator]:
     return flat, FlatOperator(fn, list(params), unravel, flat.shape[0], dtype)
 
 
+def map_rows(fn, params):
+    """The flat matvec `fn(x, *params)` applied to every row of a block `X` (m, n).
+
+    The one place where a matvec is batched over vectors: Krylov methods run
+    on blocks of vectors and call it once per step.
+    """
+    return jax.vmap(lambda x: fn(x, *params))
+
+
 def unravel_rows(op: FlatOperator, rows: jax.Array):
     """Map a stack of flat vectors (..., n) to pytrees with the same leading axes."""
     fn = op.unravel

@@ -292,9 +292,9 @@ def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
     Examples
     --------
     >>> import jax, jax.numpy as jnp
-    >>> from matfree import test_util
+    >>> from matfree import matrices
     >>> lam = jnp.concatenate([jnp.array([1e3, 1e2, 1e1]), jnp.zeros(17)])
-    >>> A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(0), lam)
+    >>> A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(0), lam)
     >>> key = jax.random.PRNGKey(1)
     >>> P = nystrom(lambda v: A @ v, jnp.zeros(20), key=key, rank=5, shift=1.0)
     >>> M = jax.vmap(P)(A + jnp.eye(20)).T  # P^{-1} (A + I)

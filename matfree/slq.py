@@ -491,8 +491,8 @@ def logdet(
     Examples
     --------
     >>> import jax, jax.numpy as jnp
-    >>> from matfree import test_util
-    >>> A = test_util.spd_matrix(jax.random.PRNGKey(0), 50, cond=10.0)
+    >>> from matfree import matrices
+    >>> A = matrices.spd_matrix(jax.random.PRNGKey(0), 50, cond=10.0)
     >>> est = logdet(lambda v: A @ v, jnp.zeros(50), key=jax.random.PRNGKey(1),
     ...              depth=15, num_probes=20)
     >>> ref = jnp.linalg.slogdet(A)[1]

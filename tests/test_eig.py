@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from matfree import eig, test_util
+from matfree import eig, matrices
 
 N = 80
 # Well-separated extremes, a cluster in the middle.
@@ -17,7 +17,7 @@ EIGVALS = jnp.concatenate(
 
 @functools.cache
 def matrix(dtype=jnp.float64):
-    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(0), EIGVALS)
+    A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(0), EIGVALS)
     return A.astype(dtype)
 
 
@@ -123,7 +123,7 @@ def smoothed_density(eigvals, grid, sigma):
 
 def test_spectral_density_matches_smoothed_eigenvalues():
     eigvals = jnp.concatenate([jnp.linspace(0.0, 1.0, 100), jnp.linspace(3.0, 3.5, 50)])
-    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(4), eigvals)
+    A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(4), eigvals)
     sd = density_of(A, jax.random.PRNGKey(5), depth=40, num_probes=30, smoothing=0.1)
     ref = smoothed_density(eigvals, sd.grid, 0.1)
     dx = sd.grid[1] - sd.grid[0]

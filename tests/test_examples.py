@@ -19,6 +19,9 @@ def _run(args, tmp_path, timeout=600):
         JAX_DISABLE_MOST_OPTIMIZATIONS="1",
         MPLBACKEND="Agg",
         PYTHONWARNINGS="ignore",
+        # The checkout under test, not whichever matfree the venv points at
+        # (a git worktree shares the venv of the main checkout).
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     proc = subprocess.run(
         [sys.executable, *args],

@@ -8,7 +8,7 @@ import scipy.linalg
 from jax.test_util import check_grads
 
 import matfree
-from matfree import test_util
+from matfree import matrices
 
 KEY = jax.random.PRNGKey(3)
 N = 30
@@ -16,7 +16,7 @@ N = 30
 
 @pytest.fixture(scope="module")
 def orth():
-    return test_util.random_orthogonal(KEY, N)
+    return matrices.random_orthogonal(KEY, N)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_symmetric_depth_below_n_meets_polynomial_bound(orth, vec):
 
 def test_nonsymmetric_full_depth_matches_scipy(vec):
     lam = jnp.linspace(0.5, 3.0, N)
-    B = test_util.nonsymmetric_matrix_from_eigenvalues(KEY, lam, eigvec_cond=5.0)
+    B = matrices.nonsymmetric_matrix_from_eigenvalues(KEY, lam, eigvec_cond=5.0)
     for f, ref_fn in [(jnp.log, scipy.linalg.logm), (jnp.sqrt, scipy.linalg.sqrtm)]:
         out = matfree.funm_action(f, lambda x: B @ x, vec, depth=N, symmetric=False)
         ref = np.real(ref_fn(np.asarray(B))) @ np.asarray(vec)
@@ -165,7 +165,7 @@ def test_multiple_of_identity_gradient(vec):
 
 def test_gradients_match_dense_nonsymmetric(vec):
     lam = jnp.linspace(0.5, 3.0, N)
-    V = test_util.random_orthogonal(KEY, N) @ jnp.diag(jnp.logspace(0, 0.7, N))
+    V = matrices.random_orthogonal(KEY, N) @ jnp.diag(jnp.logspace(0, 0.7, N))
     Vinv = jnp.linalg.inv(V)
     u = jnp.cos(jnp.arange(N))
 

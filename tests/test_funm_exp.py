@@ -8,10 +8,10 @@ import pytest
 from jax.test_util import check_grads
 
 import matfree
-from matfree import test_util
+from matfree import matrices
 
 N = 40
-Q = test_util.random_orthogonal(jax.random.PRNGKey(4), N)
+Q = matrices.random_orthogonal(jax.random.PRNGKey(4), N)
 V0 = jax.random.normal(jax.random.PRNGKey(5), (N,))
 
 
@@ -28,7 +28,7 @@ def test_full_depth_is_exact(symmetric):
     A = sym(jnp.linspace(-5.0, 1.0, N))
     if not symmetric:
         lam = jnp.linspace(-5.0, 1.0, N)
-        A = test_util.nonsymmetric_matrix_from_eigenvalues(jax.random.PRNGKey(6), lam)
+        A = matrices.nonsymmetric_matrix_from_eigenvalues(jax.random.PRNGKey(6), lam)
     out = matfree.exp_action(lambda x: A @ x, V0, t=0.7, depth=N, symmetric=symmetric)
     assert rel(out, jax.scipy.linalg.expm(0.7 * A) @ V0) < 1e-12
 

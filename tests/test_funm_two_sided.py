@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 import matfree
-from matfree import decomp, operators, test_util
+from matfree import decomp, matrices, operators
 
 N = 12
 SHAPE = (N, N)
@@ -58,7 +58,7 @@ def test_exp_action_gradient_is_accurate_for_smooth_vectors():
 
 def test_funm_action_gradient_matches_dense_with_parameters_and_time():
     n = 40
-    A0 = test_util.spd_matrix(jax.random.PRNGKey(1), n, cond=30.0)
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(1), n, cond=30.0)
     v = jax.random.normal(jax.random.PRNGKey(2), (n,))
     w = jax.random.normal(jax.random.PRNGKey(3), (n,))
 
@@ -89,7 +89,7 @@ def test_funm_action_gradient_matches_dense_with_parameters_and_time():
 
 
 def test_zero_cotangent_gives_zero_gradient():
-    A0 = test_util.spd_matrix(jax.random.PRNGKey(1), 10)
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(1), 10)
 
     def f(s, v):
         return 0.0 * jnp.sum(matfree.sqrt_action(lambda x: s * (A0 @ x), v, depth=5))

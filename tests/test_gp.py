@@ -203,13 +203,23 @@ def test_transform_round_trip_and_positivity():
     )
 
 
-def test_load_protein_subset_is_standardised(tmp_path):
-    data = gp.load_protein(n=500, seed=1)
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_load_protein_subset_is_standardised(synthetic):
+    if not synthetic and not gp._data.default_path().exists():
+        pytest.skip("protein.csv.gz is not available on this machine")
+    data = gp.load_protein(n=500, seed=1, synthetic=synthetic)
     assert data["X_train"].shape == (400, 9) and data["y_test"].shape == (100,)
     assert np.allclose(data["X_train"].mean(0), 0, atol=1e-10)
     assert np.allclose(data["y_train"].std(), 1)
-    fallback = gp.load_protein(tmp_path / "missing.csv.gz", n=100)
-    assert fallback["source"] == "generated" and fallback["X_train"].shape == (80, 9)
+    assert (data["source"] == "synthetic") == synthetic
+
+
+def test_load_protein_never_substitutes_data_silently(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="`path`: the protein data file was not"):
+        gp.load_protein(tmp_path / "missing.csv.gz", n=100)
+    monkeypatch.setenv("MATFREE_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pass `synthetic=True`"):
+        gp.load_protein(n=100)
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ import pytest
 from jax.test_util import check_grads
 
 import matfree
-from matfree import operators, test_util
+from matfree import matrices, operators
 
 N = 40
 
 
 @functools.cache
 def spd(cond=100.0, dtype=jnp.float64):
-    return test_util.spd_matrix(jax.random.PRNGKey(0), N, cond=cond, dtype=dtype)
+    return matrices.spd_matrix(jax.random.PRNGKey(0), N, cond=cond, dtype=dtype)
 
 
 def dense_logdet(A):
@@ -368,7 +368,7 @@ def low_rank_plus_identity():
     eigs = jnp.concatenate(
         [jnp.geomspace(1e2, 1e4, RANK), jnp.linspace(0.8, 1.25, N_LR - RANK)]
     )
-    return test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(11), eigs)
+    return matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(11), eigs)
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
@@ -430,7 +430,7 @@ def hutchpp_full_sketch(A, w, theta, batch_size):
 
 
 def test_hutchpp_exact_value_and_gradient_when_sketch_spans_space():
-    A = test_util.spd_matrix(jax.random.PRNGKey(14), N_SMALL, cond=50.0)
+    A = matrices.spd_matrix(jax.random.PRNGKey(14), N_SMALL, cond=50.0)
     w = jnp.linspace(0.5, 2.0, N_SMALL)
     theta = 0.7
 
@@ -511,7 +511,7 @@ def test_xtrace_exact_when_log_is_low_rank():
     # log(A) has rank RANK: every leave-one-out sketch of s - 1 >= RANK vectors
     # spans its range, and the Krylov spaces have dimension <= RANK + 1.
     eigs = jnp.concatenate([jnp.geomspace(1e1, 1e3, RANK), jnp.ones(N_SMALL - RANK)])
-    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(16), eigs)
+    A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(16), eigs)
     ref = dense_logdet(A)
     # An odd budget: s = 13 // 2 = 6 probes, two Lanczos runs each.
     est = logdet_of(A, KEY, depth=N_SMALL, num_probes=13, method="xtrace")

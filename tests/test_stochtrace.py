@@ -8,7 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 import matfree
-from matfree import stochtrace, test_util
+from matfree import matrices, stochtrace
 
 N = 60
 NUM_KEYS = 400
@@ -18,7 +18,7 @@ NUM_KEYS = 400
 def low_rank_plus_noise(dtype=jnp.float64):
     """Five eigenvalues 100 (the low-rank part) and a flat tail in [0.1, 1]."""
     ev = jnp.concatenate([jnp.full(5, 100.0), jnp.linspace(0.1, 1.0, N - 5)])
-    return test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(1), ev).astype(
+    return matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(1), ev).astype(
         dtype
     )
 

@@ -1,13 +1,21 @@
-"""The UCI protein data set (standardised, split), with a generated fallback."""
+"""The UCI protein data set (standardised, split), or generated data on request."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_PATH = _REPO.parent / "shared" / "data" / "protein.csv.gz"
+FILENAME = "protein.csv.gz"
+
+
+def default_path() -> pathlib.Path:
+    """`$MATFREE_DATA/protein.csv.gz` if `MATFREE_DATA` is set, else `../shared/data/`."""
+    root = os.environ.get("MATFREE_DATA")
+    return pathlib.Path(root) / FILENAME if root else DEFAULT_PATH
 
 
 def load_protein(
@@ -17,16 +25,19 @@ def load_protein(
     train_fraction: float = 0.8,
     seed: int = 0,
     dtype=np.float64,
+    synthetic: bool = False,
 ):
     """Load the protein regression data set, standardised and split.
 
     Reads `protein.csv.gz` (UCI "Physicochemical Properties of Protein
     Tertiary Structure": 9 features, target `RMSD`; 45,730 rows) from `path`,
-    by default `../shared/data/` next to the repository. If the file is
-    absent, generates a data set of the same shape (a smooth function of 9
-    inputs plus noise) so that scripts still run. A random split with `seed`
-    (optionally of a random subset of `n` rows), then features and target
-    are standardised with the training split's mean and standard deviation.
+    by default `$MATFREE_DATA/protein.csv.gz` or `../shared/data/` next to the
+    repository. A missing file is an error (never silently replaced); pass
+    `synthetic=True` to get generated data of the same shape instead (a smooth
+    function of 9 inputs plus noise), e.g. for a quick run without the data.
+    A random split with `seed` (optionally of a random subset of `n` rows),
+    then features and target are standardised with the training split's mean
+    and standard deviation.
 
     Parameters
     ----------
@@ -40,28 +51,43 @@ def load_protein(
         Seed of the shuffle.
     dtype
         The NumPy dtype of the returned arrays.
+    synthetic
+        Generate data of the same shape instead of reading the file.
 
     Returns
     -------
     dict
         `X_train, y_train, X_test, y_test` (NumPy arrays), `y_std` (the
         target's training standard deviation, to convert RMSE to RMSD
-        units) and `source` (the path read, or `"generated"`).
+        units) and `source` (the path read, or `"synthetic"`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing and `synthetic=False`.
 
     Examples
     --------
-    >>> data = load_protein(n=100)
-    >>> data["X_train"].shape, data["X_test"].shape
-    ((80, 9), (20, 9))
+    >>> data = load_protein(n=100, synthetic=True)
+    >>> data["X_train"].shape, data["X_test"].shape, data["source"]
+    ((80, 9), (20, 9), 'synthetic')
     """
-    path = DEFAULT_PATH if path is None else pathlib.Path(path)
     rng = np.random.default_rng(seed)
-    if path.exists():
+    if synthetic:
+        raw = _generated(45730, np.random.default_rng(12345))
+        source = "synthetic"
+    else:
+        path = default_path() if path is None else pathlib.Path(path)
+        if not path.exists():
+            msg = (
+                f"`path`: the protein data file was not found at {path}. Put "
+                f"{FILENAME} there (UCI 'Physicochemical Properties of Protein Tertiary "
+                "Structure'), set `MATFREE_DATA` to its folder, or pass "
+                "`synthetic=True` for generated data of the same shape."
+            )
+            raise FileNotFoundError(msg)
         raw = np.loadtxt(path, delimiter=",", skiprows=1)
         source = str(path)
-    else:
-        raw = _generated(45730, np.random.default_rng(12345))
-        source = "generated"
     idx = rng.permutation(raw.shape[0])
     if n is not None:
         idx = idx[:n]

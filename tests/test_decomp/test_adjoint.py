@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from jax.test_util import check_grads
 
-from matfree import _dense, decomp, operators, test_util
+from matfree import _dense, decomp, matrices, operators
 
 
 def _random_like(key, tree):
@@ -50,10 +50,10 @@ def test_vjp_equals_autodiff_through_the_loop(method, n, k, seed):
     key = jax.random.PRNGKey(seed)
     k1, k2, k3 = jax.random.split(key, 3)
     if method == "lanczos":
-        A0 = test_util.spd_matrix(k1, n, cond=50.0)
+        A0 = matrices.spd_matrix(k1, n, cond=50.0)
         run, outputs = decomp.lanczos, _lanczos_outputs
     else:
-        A0 = test_util.nonsymmetric_matrix_from_eigenvalues(k1, jnp.linspace(1.0, 3.0, n))
+        A0 = matrices.nonsymmetric_matrix_from_eigenvalues(k1, jnp.linspace(1.0, 3.0, n))
         run, outputs = decomp.arnoldi, _arnoldi_outputs
     v0 = jax.random.normal(k2, (n,))
     # A symmetric parameterisation: A(theta) = theta_0 A0 + diag(theta_1:)
@@ -72,7 +72,7 @@ def test_vjp_equals_autodiff_through_the_loop(method, n, k, seed):
 
 def test_lanczos_check_grads_reverse_mode():
     n, k = 10, 4
-    A0 = test_util.spd_matrix(jax.random.PRNGKey(0), n, cond=10.0)
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(0), n, cond=10.0)
 
     def f(s, v):
         res = decomp.lanczos(lambda x: s * (A0 @ x), v, k)
@@ -84,7 +84,7 @@ def test_lanczos_check_grads_reverse_mode():
 
 def test_arnoldi_check_grads_reverse_mode():
     n, k = 10, 4
-    A0 = test_util.nonsymmetric_matrix_from_eigenvalues(
+    A0 = matrices.nonsymmetric_matrix_from_eigenvalues(
         jax.random.PRNGKey(0), jnp.linspace(1.0, 2.0, n)
     )
 
@@ -149,7 +149,7 @@ def test_arnoldi_gradient_of_stencil_scale_matches_dense():
 def test_adjoint_is_accurate_on_hilbert_matrices():
     # Ill-conditioned (cond ~ 1e13): the re-projected adjoint stays accurate.
     n = 12
-    H = test_util.hilbert(n)
+    H = matrices.hilbert(n)
     v = jnp.ones(n)
 
     def via_lanczos(s, custom):
@@ -165,7 +165,7 @@ def test_adjoint_is_accurate_on_hilbert_matrices():
 
 def test_float32_adjoint_matches_float64_reference():
     n, k = 30, 10
-    A64 = test_util.spd_matrix(jax.random.PRNGKey(0), n, cond=20.0)
+    A64 = matrices.spd_matrix(jax.random.PRNGKey(0), n, cond=20.0)
     v64 = jax.random.normal(jax.random.PRNGKey(1), (n,))
 
     def f(s, v, A):
@@ -183,7 +183,7 @@ def test_float32_adjoint_matches_float64_reference():
 
 def test_batched_gradient_equals_sum_of_single_gradients():
     n, k, m = 20, 5, 3
-    A0 = test_util.spd_matrix(jax.random.PRNGKey(0), n)
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(0), n)
     V0 = jax.random.normal(jax.random.PRNGKey(4), (m, n))
 
     def quad(s, v):
@@ -202,7 +202,7 @@ def test_batched_gradient_equals_sum_of_single_gradients():
 
 
 def test_pytree_gradient():
-    A = test_util.spd_matrix(jax.random.PRNGKey(0), 6)
+    A = matrices.spd_matrix(jax.random.PRNGKey(0), 6)
 
     def matvec(t):
         out = A @ jnp.concatenate([t["a"], t["b"]])
@@ -218,7 +218,7 @@ def test_pytree_gradient():
 
 
 def test_forward_mode_needs_custom_vjp_false():
-    A = test_util.spd_matrix(jax.random.PRNGKey(0), 6)
+    A = matrices.spd_matrix(jax.random.PRNGKey(0), 6)
 
     def f(s, custom):
         return decomp.lanczos(lambda x: s * (A @ x), jnp.ones(6), 3, custom_vjp=custom).diag

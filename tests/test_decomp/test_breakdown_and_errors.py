@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from matfree import _dense, decomp, test_util
+from matfree import _dense, decomp, matrices
 
 METHODS = [decomp.lanczos, decomp.arnoldi]
 
@@ -38,7 +38,7 @@ def test_identity_breaks_down_after_one_step_exactly(method, k):
 def test_eigenvector_start_breaks_down_and_gradients_are_exact_and_finite():
     n = 10
     eigvals = jnp.linspace(1.0, 4.0, n)
-    Qd = test_util.random_orthogonal(jax.random.PRNGKey(0), n)
+    Qd = matrices.random_orthogonal(jax.random.PRNGKey(0), n)
     A0 = (Qd * eigvals) @ Qd.T
     v0 = 2.0 * Qd[:, 3]
 
@@ -61,7 +61,7 @@ def test_invariant_subspace_of_dimension_three(method):
     # v0 in the span of three eigenvectors: Krylov space has dimension 3.
     n = 12
     eigvals = jnp.linspace(1.0, 5.0, n)
-    Qd = test_util.random_orthogonal(jax.random.PRNGKey(1), n)
+    Qd = matrices.random_orthogonal(jax.random.PRNGKey(1), n)
     A = (Qd * eigvals) @ Qd.T
     v0 = Qd[:, 0] + Qd[:, 5] + Qd[:, 9]
     res = method(lambda x: A @ x, v0, 6)

@@ -5,17 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from matfree import decomp, operators, test_util
+from matfree import decomp, matrices, operators
 
 
 def _sym(n, seed=0, dtype=float):
     eigvals = jnp.linspace(1.0, 10.0, n, dtype=dtype) ** 2
-    return test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(seed), eigvals)
+    return matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(seed), eigvals)
 
 
 def _nonsym(n, seed=0):
     eigvals = jnp.linspace(-2.0, 3.0, n)
-    return test_util.nonsymmetric_matrix_from_eigenvalues(jax.random.PRNGKey(seed), eigvals)
+    return matrices.nonsymmetric_matrix_from_eigenvalues(jax.random.PRNGKey(seed), eigvals)
 
 
 @pytest.mark.parametrize("n", [1, 7, 40])

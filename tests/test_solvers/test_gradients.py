@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 from solver_helpers import N, solve_and_grad
 
 import matfree
-from matfree import operators, precond, test_util
+from matfree import matrices, operators, precond
 
 
 def _matrix(method, theta):
@@ -20,9 +20,9 @@ def _matrix(method, theta):
         eigs = jnp.concatenate([-jnp.logspace(0, 2, N // 2), jnp.logspace(0, 2, N // 2)])
     else:
         eigs = jnp.linspace(1.0, 50.0, N)
-        A = test_util.nonsymmetric_matrix_from_eigenvalues(key, eigs, eigvec_cond=3.0)
+        A = matrices.nonsymmetric_matrix_from_eigenvalues(key, eigs, eigvec_cond=3.0)
         return A + theta * jnp.diag(jnp.arange(N) / N)
-    A = test_util.symmetric_matrix_from_eigenvalues(key, eigs)
+    A = matrices.symmetric_matrix_from_eigenvalues(key, eigs)
     return A + theta * jnp.diag(jnp.arange(N) / N)
 
 
@@ -153,7 +153,7 @@ def test_gradient_reaches_kernel_parameters_with_preconditioner():
 
 
 def test_batched_gradient_matches_vmap_of_dense():
-    A0 = test_util.spd_matrix(jax.random.PRNGKey(3), N, 50.0)
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(3), N, 50.0)
     B = jnp.cos(jnp.arange(N * 3.0)).reshape(N, 3)
 
     def loss(s, B):
@@ -198,7 +198,7 @@ def test_zero_right_hand_side_gradient_is_finite():
 
 
 def test_pytree_gradient():
-    A = test_util.spd_matrix(jax.random.PRNGKey(3), 6, 10.0)
+    A = matrices.spd_matrix(jax.random.PRNGKey(3), 6, 10.0)
 
     def matvec(t):
         w = A @ jnp.concatenate([t["u"], t["v"]])

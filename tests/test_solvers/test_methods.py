@@ -7,24 +7,24 @@ import pytest
 from solver_helpers import N, dense_solve, solve_and_grad
 
 import matfree
-from matfree import test_util
+from matfree import matrices
 
 COND = 1e3
 
 
 def _spd(dtype, n=N):
-    return test_util.spd_matrix(jax.random.PRNGKey(1), n, COND, dtype)
+    return matrices.spd_matrix(jax.random.PRNGKey(1), n, COND, dtype)
 
 
 def _indefinite(dtype, n=N):
     half = jnp.logspace(0, jnp.log10(COND), n // 2, dtype=dtype)
     eigs = jnp.concatenate([-half, half])
-    return test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(2), eigs)
+    return matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(2), eigs)
 
 
 def _nonsymmetric(dtype, n=N):
     eigs = jnp.linspace(1.0, 100.0, n, dtype=dtype)
-    A = test_util.nonsymmetric_matrix_from_eigenvalues(
+    A = matrices.nonsymmetric_matrix_from_eigenvalues(
         jax.random.PRNGKey(3), eigs, eigvec_cond=5.0
     )
     return A.astype(dtype)

@@ -6,7 +6,7 @@ import pytest
 from solver_helpers import dense_solve
 
 import matfree
-from matfree import operators, precond, test_util
+from matfree import matrices, operators, precond
 
 N = 200
 
@@ -127,7 +127,7 @@ def test_pivoted_cholesky_pivots_are_distinct_past_the_numerical_rank(dtype):
 
 
 def test_jacobi_from_estimated_diagonal_fixes_bad_scaling():
-    A0 = test_util.spd_matrix(jax.random.PRNGKey(3), 60, 10.0)
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(3), 60, 10.0)
     D = jnp.logspace(0, 3, 60)
     A = D[:, None] * A0 * D[None, :]
     b = jnp.ones(60)
@@ -154,7 +154,7 @@ def test_estimate_diagonal_probing_and_stochastic():
 
 
 def test_precond_under_jit_and_grad_of_solve():
-    A = test_util.spd_matrix(jax.random.PRNGKey(4), 30, 100.0)
+    A = matrices.spd_matrix(jax.random.PRNGKey(4), 30, 100.0)
 
     @jax.jit
     def f(d, b):

@@ -7,7 +7,7 @@ import pytest
 from solver_helpers import N, dense_solve, solve_and_grad
 
 import matfree
-from matfree import precond, test_util
+from matfree import matrices, precond
 
 # Solves go through the shared jitted `solve_and_grad` / `dense_solve` (rtol
 # 1e-6 is the float64 default), so tests with the same method, shape and
@@ -15,7 +15,7 @@ from matfree import precond, test_util
 
 
 def _spd():
-    return test_util.spd_matrix(jax.random.PRNGKey(0), N, 1e4)
+    return matrices.spd_matrix(jax.random.PRNGKey(0), N, 1e4)
 
 
 def test_nonconvergence_is_reported():
@@ -38,7 +38,7 @@ def test_nonconvergence_raises_with_throw():
 
 def test_cg_reports_indefinite_operator():
     eigs = jnp.concatenate([-jnp.ones(5), jnp.linspace(1.0, 10.0, N - 5)])
-    A = test_util.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(1), eigs)
+    A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(1), eigs)
     b = jnp.ones(N)
     sol = solve_and_grad(A, b, b, 1e-6, method="cg")[0]
     assert bool(sol.indefinite)
