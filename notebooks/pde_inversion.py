@@ -83,10 +83,10 @@ res = pde.invert(
     optimizer=optax.adam(0.05),
     num_steps=NUM_STEPS,
 )
-rel = float(jnp.linalg.norm(res.field - k_true) / jnp.linalg.norm(k_true))
+rel = float(jnp.linalg.norm(res.params - k_true) / jnp.linalg.norm(k_true))
 rel0 = float(jnp.linalg.norm(1.0 - k_true) / jnp.linalg.norm(k_true))
 print(f"relative error of k: flat start {rel0:.3f}, fitted {rel:.3f}")
-print(f"final loss {res.loss[-1]:.2e}, noise floor {noise_floor:.2e}")
+print(f"final loss {res.losses[-1]:.2e}, noise floor {noise_floor:.2e}")
 print(f"seconds per step (median): {float(jnp.median(jnp.asarray(res.seconds[1:]))):.4f}")
 
 # %%
@@ -94,15 +94,15 @@ fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
 vmin, vmax = float(k_true.min()), float(k_true.max())
 for ax, field, title in (
     (axes[0], k_true, "true k"),
-    (axes[1], res.field, "recovered k"),
+    (axes[1], res.params, "recovered k"),
 ):
     im = ax.imshow(field, origin="lower", extent=(0, 1, 0, 1), vmin=vmin, vmax=vmax)
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
-im = axes[2].imshow(res.field - k_true, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu")
+im = axes[2].imshow(res.params - k_true, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu")
 axes[2].set_title(f"error (relative {rel:.3f})")
 fig.colorbar(im, ax=axes[2])
-axes[3].semilogy(res.loss, label="loss")
+axes[3].semilogy(res.losses, label="loss")
 axes[3].axhline(noise_floor, color="k", ls=":", label="noise floor")
 axes[3].set(xlabel="Adam step", title="loss history")
 axes[3].legend()

@@ -1,5 +1,6 @@
 """Tests of `matfree.gp` against the dense (Cholesky) GP in float64."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +10,10 @@ import scipy.linalg
 import scipy.stats
 from jax.test_util import check_grads
 
-from matfree import gp, operators
+from matfree import gp, operators, status
 
 N = 120
+RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 KEY = jax.random.PRNGKey(0)
 
 
@@ -39,14 +41,17 @@ def test_cholesky_path_matches_scipy(kernel):
     K = operators.kernel_matrix(X, X, kernel=kernel, lengthscale=P["lengthscale"])
     cov = np.asarray(P["variance"] * K + P["noise"] * jnp.eye(N))
     ref = scipy.stats.multivariate_normal(np.zeros(N), cov).logpdf(np.asarray(Y))
-    val = gp.log_marginal_likelihood(P, X, Y, kernel=kernel, method="cholesky")
-    assert jnp.allclose(val, ref, rtol=1e-10)
+    res = gp.log_marginal_likelihood(P, X, Y, kernel=kernel, method="cholesky")
+    assert jnp.allclose(res.value, ref, rtol=1e-10)
+    assert int(res.status) == 0
 
 
 def test_cholesky_path_gradient_check():
     def f(ls, var, noise):
         p = {"lengthscale": ls, "variance": var, "noise": noise}
-        return gp.log_marginal_likelihood(p, X, Y, kernel="matern32", method="cholesky")
+        return gp.log_marginal_likelihood(
+            p, X, Y, kernel="matern32", method="cholesky"
+        ).value
 
     check_grads(
         f, (P["lengthscale"], P["variance"], P["noise"]), order=1, modes=["rev"], eps=1e-6
@@ -54,7 +59,7 @@ def test_cholesky_path_gradient_check():
 
 
 def _lml(p, key, **kw):
-    return gp.log_marginal_likelihood(p, X, Y, key=key, **kw)
+    return gp.log_marginal_likelihood(p, X, Y, key=key, **kw).value
 
 
 _dense_vg = jax.jit(jax.value_and_grad(lambda p: _lml(p, None, method="cholesky")))
@@ -106,9 +111,9 @@ def test_value_and_gradient_within_the_stochastic_error(gradient):
         assert jnp.all(std[40] < std[0] / 3), std
 
 
-def test_block_size_does_not_change_results():
+def test_rows_per_block_does_not_change_results():
     f = jax.jit(
-        jax.value_and_grad(lambda p, b: _lml(p, KEY, block_size=b, precond_rank=5)),
+        jax.value_and_grad(lambda p, b: _lml(p, KEY, rows_per_block=b, precond_rank=5)),
         static_argnums=1,
     )
     (v1, g1), (v2, g2) = f(P, 7), f(P, 64)
@@ -117,24 +122,38 @@ def test_block_size_does_not_change_results():
         assert jnp.allclose(g1[k], g2[k], rtol=1e-8), k
 
 
-def test_info_reports_convergence_and_jit_matches_eager():
-    opts = {"precond_rank": 10, "num_probes": 4, "depth": 8, "return_info": True}
-    f = jax.jit(lambda p, m: _lml(p, KEY, maxiter=m, rtol=1e-12, **opts), static_argnums=1)
-    v, info = f(P, 100)
+def _result(p, key, **kw):
+    return gp.log_marginal_likelihood(p, X, Y, key=key, **kw)
+
+
+def test_result_reports_convergence_and_throw_raises_under_jit():
+    opts = {"precond_rank": 10, "num_probes": 4, "depth": 8, "rtol": 1e-12}
+    f = jax.jit(
+        lambda p, m, t: _result(p, KEY, maxiter=m, throw=t, **opts), static_argnums=(1, 2)
+    )
+    res = f(P, 100, True)
     v0 = _lml(P, None, method="cholesky")
-    assert jnp.abs(v - v0) < 5 * info.logdet_std_error + 1e-6
-    assert bool(info.cg_converged) and int(info.status) == 0
-    assert int(info.cg_num_steps) >= 1 and info.logdet_std_error > 0
-    _, info = f(P, 1)
-    assert not bool(info.cg_converged) and int(info.status) == 1
+    assert jnp.abs(res.value - v0) < 5 * res.logdet_std_error + 1e-6
+    assert int(res.status) == 0
+    assert int(res.cg_num_steps) >= 1 and res.logdet_std_error > 0
+    res = f(P, 1, False)
+    assert int(res.status) == status.Status.NOT_CONVERGED
+    with pytest.raises(RUNTIME_ERRORS, match="did not converge"):
+        jax.block_until_ready(
+            jax.jit(lambda p: _result(p, KEY, maxiter=1, **opts).value)(P)
+        )
+    g = jax.grad(lambda p: _result(p, KEY, maxiter=1, throw=False, **opts).value)(P)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in g.values())
 
 
 def test_float32_matches_dense_within_tolerance():
     X32, Y32 = X.astype(jnp.float32), Y.astype(jnp.float32)
     p32 = _params(dtype=jnp.float32)
-    f = jax.jit(lambda p: gp.log_marginal_likelihood(p, X32, Y32, key=KEY, precond_rank=N))
+    f = jax.jit(
+        lambda p: gp.log_marginal_likelihood(p, X32, Y32, key=KEY, precond_rank=N).value
+    )
     v = f(p32)
-    v0 = gp.log_marginal_likelihood(P, X, Y, method="cholesky")
+    v0 = gp.log_marginal_likelihood(P, X, Y, method="cholesky").value
     assert v.dtype == jnp.float32
     assert jnp.abs(v - v0) < 1e-3 * jnp.abs(v0)
 
@@ -142,10 +161,11 @@ def test_float32_matches_dense_within_tolerance():
 def test_predict_matches_dense():
     Xs = jax.random.uniform(jax.random.PRNGKey(5), (37, 2))
     f = jax.jit(
-        lambda p: gp.predict(p, X, Y, Xs, kernel="matern52", rtol=1e-12, batch_size=16)
+        lambda p: gp.predict(p, X, Y, Xs, kernel="matern52", rtol=1e-12, chunk_size=16)
     )
-    m, v = f(P)
-    m0, v0 = gp.predict(P, X, Y, Xs, kernel="matern52", method="cholesky")
+    m, v, s = f(P)
+    assert int(s) == 0
+    m0, v0, _ = gp.predict(P, X, Y, Xs, kernel="matern52", method="cholesky")
     assert m.shape == v.shape == (37,)
     assert jnp.allclose(m, m0, atol=1e-8)
     assert jnp.allclose(v, v0, atol=1e-8)
@@ -158,15 +178,35 @@ def test_predict_matches_dense():
     A = K + P["noise"] * jnp.eye(N)
     assert jnp.allclose(m0, Ks @ jnp.linalg.solve(A, Y), atol=1e-10)
     assert jnp.allclose(v0, P["variance"] - jnp.sum(Ks.T * jnp.linalg.solve(A, Ks.T), 0))
-    g = jax.jit(lambda p: gp.predict(p, X, Y, Xs, kernel="matern52", variance=False)[0])
+    g = jax.jit(lambda p: gp.predict(p, X, Y, Xs, kernel="matern52", variance=False).mean)
     assert jnp.allclose(g(P), m0, atol=1e-5)
-    assert gp.predict(P, X[:5], Y[:5], Xs, method="cholesky", variance=False)[1] is None
+    assert (
+        gp.predict(P, X[:5], Y[:5], Xs, method="cholesky", variance=False).variance is None
+    )
+    assert gp.predict(P, X, Y, Xs, kernel="matern52", variance=False).variance is None
+
+
+def test_predict_reports_an_unconverged_solve():
+    Xs = X[:7] + 0.01
+    res = gp.predict(P, X, Y, Xs, precond_rank=0, maxiter=1, rtol=1e-12, throw=False)
+    assert int(res.status) == status.Status.NOT_CONVERGED
+    with pytest.raises(RUNTIME_ERRORS, match="did not converge"):
+        gp.predict(P, X, Y, Xs, precond_rank=0, maxiter=1, rtol=1e-12)
+
+
+def test_chunk_size_does_not_change_predictions():
+    Xs = jax.random.uniform(jax.random.PRNGKey(6), (23, 2))
+    a = gp.predict(P, X, Y, Xs, chunk_size=5, rtol=1e-12)
+    b = gp.predict(P, X, Y, Xs, chunk_size=23, rtol=1e-12)
+    assert jnp.allclose(a.mean, b.mean, atol=1e-10)
+    assert jnp.allclose(a.variance, b.variance, atol=1e-10)
 
 
 def test_sample_prior_matches_the_dense_square_root():
     Xs = X[:50]
     f = jax.jit(lambda p, k: gp.sample_prior(p, Xs, key=k, depth=50, num_samples=3))
-    ys = f(P, KEY)
+    ys, s = f(P, KEY)
+    assert int(s) == 0
     y = ys[0]
     K = P["variance"] * operators.kernel_matrix(Xs, Xs, lengthscale=P["lengthscale"])
     S = scipy.linalg.sqrtm(np.asarray(K + P["noise"] * jnp.eye(50))).real
@@ -174,18 +214,20 @@ def test_sample_prior_matches_the_dense_square_root():
     assert ys.shape == (3, 50)
     assert jnp.allclose(y, S @ z, atol=1e-6)
     one = gp.sample_prior(P, Xs[:10], key=KEY, depth=10)
-    assert one.shape == (10,)
+    assert one.value.shape == (10,)
 
 
 def test_fit_recovers_known_hyperparameters(capsys):
     true = {"lengthscale": jnp.array([0.15]), "variance": 2.0, "noise": 0.1}
     Xf = jax.random.uniform(jax.random.PRNGKey(3), (200, 1))
-    yf = jax.jit(lambda k: gp.sample_prior(true, Xf, key=k, depth=120))(KEY)
+    yf = jax.jit(lambda k: gp.sample_prior(true, Xf, key=k, depth=120).value)(KEY)
     start = {"lengthscale": jnp.array([0.5]), "variance": 0.5, "noise": 0.5}
     opts = {"num_probes": 8, "depth": 15, "precond_rank": 30, "num_steps": 60}
     res = gp.fit(start, Xf, yf, key=KEY, optimizer=optax.adam(0.1), **opts)
     ref = gp.fit(start, Xf, yf, key=KEY, num_steps=60, progress=False, method="cholesky")
-    assert res.losses.shape == (60,) and res.losses[-1] < res.losses[0]
+    assert res.losses.shape == res.seconds.shape == (60,)
+    assert res.losses[-1] < res.losses[0] and int(res.status) == 0
+    assert jnp.allclose(gp.constrain(res.raw)["noise"], res.params["noise"])
     for k in true:  # the iterative fit finds the dense optimum; both are near the truth
         assert jnp.allclose(res.params[k], ref.params[k], rtol=0.1), k
         assert jnp.allclose(res.params[k], true[k], rtol=0.5), k
@@ -234,8 +276,8 @@ def test_load_protein_never_substitutes_data_silently(tmp_path, monkeypatch):
         ({"params": {"variance": 1.0}}, "must be a dict with keys"),
         ({"kernel": "gaussian"}, "`kernel` must be one of"),
         ({"method": "exact"}, "`method` must be one of"),
-        ({"gradient": "autodiff"}, "`gradient` must be one of"),
-        ({"key": None}, "`key` is required"),
+        ({"gradient": "autodiff"}, "`gradient='autodiff'` is not available here"),
+        ({"gradient": "adjiont"}, "`gradient` must be one of"),
         ({"precond_rank": N + 1}, "`precond_rank` must be at least 0 and at most"),
     ],
 )
@@ -245,6 +287,13 @@ def test_errors(kwargs, match):
     p, x, y = args.pop("params"), args.pop("X"), args.pop("y")
     with pytest.raises(ValueError, match=match):
         gp.log_marginal_likelihood(p, x, y, **args)
+
+
+def test_missing_key_is_a_type_error():
+    with pytest.raises(TypeError, match="`key` is required"):
+        gp.log_marginal_likelihood(P, X, Y, key=None)
+    with pytest.raises(TypeError, match="`key` is required"):
+        gp.fit(P, X, Y, key=None, num_steps=1)
 
 
 def test_more_errors():

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 
+import matfree
 from matfree import pde
 
 SHAPE = (5, 7)  # not square: catches mixed-up axes
@@ -301,6 +302,19 @@ def test_error_invert_bad_arguments():
         pde.solve(u0, u0, 0.1, depth=36)
     with pytest.raises(TypeError, match=r"needs concrete `k` and `t`"):
         jax.jit(lambda k: pde.suggest_num_substeps(k, 0.1, depth=4))(u0)
+    with pytest.raises(TypeError, match=r"`optimizer` must be an `optax"):
+        pde.invert(obs, u0, [0.1], depth=4, optimizer="adam")
+
+
+def test_invert_reports_a_non_finite_loss():
+    u0 = pde.bumps(SHAPE, [(0.5, 0.5)])
+    obs = pde.simulate(jnp.ones(SHAPE), u0, [0.01], depth=8).at[0, 0, 0].set(jnp.nan)
+    opts = {"depth": 8, "num_steps": 3, "progress": False}
+    res = pde.invert(obs, u0, [0.01], throw=False, **opts)
+    assert int(res.status) == matfree.status.Status.NONFINITE
+    assert res.losses.shape == (3,)
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"pde\.invert: step 0: non-finite"):
+        pde.invert(obs, u0, [0.01], **opts)
 
 
 # ---------------------------------------------------------------- inversion
@@ -327,13 +341,14 @@ def test_invert_recovers_a_known_field():
         num_steps=150,
         progress=False,
     )
-    assert res.field.shape == shape
-    assert res.loss.shape == (150,)
+    assert res.params.shape == res.raw.shape == shape
+    assert res.losses.shape == res.seconds.shape == (150,)
+    assert int(res.status) == 0
 
     def rel(k):
         return float(jnp.linalg.norm(k - k_true) / jnp.linalg.norm(k_true))
 
     # measured: flat start 0.217, fitted 0.026; loss at the noise floor
-    assert res.loss[-1] < 2 * noise_floor
+    assert res.losses[-1] < 2 * noise_floor
     assert rel(jnp.ones(shape)) > 0.2
-    assert rel(res.field) < 0.05
+    assert rel(res.params) < 0.05

@@ -8,126 +8,39 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, operators, precond, slq, solvers
+from matfree import _checks, operators, slq, solvers
+from matfree import status as _status
 from matfree.gp import _params
+from matfree.gp._operator import factor, kernel_operator, matmat_operator, preconditioner
 
 METHODS = ("iterative", "cholesky")
 GRADIENTS = ("hutchinson", "adjoint")
 
 
-class LMLInfo(NamedTuple):
-    """Diagnostics of `log_marginal_likelihood(..., return_info=True)`.
+class LMLResult(NamedTuple):
+    """The result of `log_marginal_likelihood`.
 
     Attributes
     ----------
-    cg_converged
-        Whether the CG solve with `y` converged (all probe solves too, for
-        `gradient="hutchinson"`).
-    cg_num_steps
-        The largest number of CG iterations over the right-hand sides.
-    logdet_std_error
-        Standard error of the stochastic log-determinant (over probes).
+    value
+        The log marginal likelihood (a scalar; differentiable).
     status
-        `0` ok; `1` CG did not converge; `2` the log-determinant failed
-        (non-positive Ritz values or non-finite values).
+        `0` if it was computed without a run-time problem, else a code of
+        `matfree.status` (`NOT_CONVERGED` for a CG solve that did not reach
+        `rtol`, the log-determinant's status, `NONFINITE`).
+    cg_num_steps
+        The largest number of CG iterations over the right-hand sides (`0`
+        for `method="cholesky"`).
+    logdet_std_error
+        Standard error of the stochastic log-determinant over the probes
+        (`0` for `method="cholesky"`); the value's stochastic error is about
+        half of it.
     """
 
-    cg_converged: jax.Array
+    value: jax.Array
+    status: jax.Array
     cg_num_steps: jax.Array
     logdet_std_error: jax.Array
-    status: jax.Array
-
-
-def kernel_operator(params, X, *, kernel, block_size):
-    """The matvec of `K + noise I`, blocked (accepts `(n,)` or `(n, m)`)."""
-    return operators.kernel_matvec(
-        X,
-        kernel=kernel,
-        lengthscale=params["lengthscale"],
-        variance=params["variance"],
-        noise=params["noise"],
-        block_size=block_size,
-    )
-
-
-def matmat_operator(matvec):
-    """`matvec` whose `vmap` over vectors is one matmat on columns (no autodiff).
-
-    The Krylov methods `vmap` the matvec over a block of vectors `(m, n)`;
-    the kernel matvec is faster on columns `(n, m)`. Used only where no
-    gradient flows (`jax.custom_batching.custom_vmap` has no reverse mode).
-    """
-
-    @jax.custom_batching.custom_vmap
-    def mv(v):
-        return matvec(v)
-
-    @mv.def_vmap
-    def _rule(axis_size, in_batched, v):
-        del axis_size, in_batched
-        return matvec(v.T).T, True
-
-    return mv
-
-
-def pivots(params, X, *, kernel, rank):
-    """Indices of `rank` greedy pivots of a partial pivoted Cholesky of `K` (no gradient).
-
-    The pivots of `matfree.precond.pivoted_cholesky` (largest remaining
-    diagonal of the Schur complement); the indices are needed to rebuild the
-    factor differentiably (`factor`).
-    """
-    p = jax.lax.stop_gradient(params)
-    kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
-
-    def row_fn(i):
-        return operators.kernel_matrix(X[i][None], X, **kw)[0]
-
-    diagonal = p["variance"] * jnp.ones(X.shape[0], X.dtype)
-    _, piv = precond.pivoted_cholesky(
-        row_fn, diagonal, rank, p["noise"], return_pivots=True
-    )
-    return piv
-
-
-def factor(params, X, piv, *, kernel):
-    """`B` (n, k) with `B B^T = K[:, S] (K[S, S] + j I)^{-1} K[S, :]` for pivots `S`.
-
-    Differentiable in `params`; `j` is a small jitter relative to the variance.
-    """
-    kw = {
-        "kernel": kernel,
-        "lengthscale": params["lengthscale"],
-        "variance": params["variance"],
-    }
-    XS = X[piv]
-    jitter = (1e-8 if X.dtype == jnp.float64 else 1e-4) * params["variance"]
-    C = jnp.linalg.cholesky(
-        operators.kernel_matrix(XS, XS, **kw) + jitter * jnp.eye(len(piv), dtype=X.dtype)
-    )
-    KXS = operators.kernel_matrix(X, XS, **kw)
-    return jax.scipy.linalg.solve_triangular(C, KXS.T, lower=True).T
-
-
-def preconditioner(params, X, *, kernel, rank):
-    """`(P, piv)`: the pivoted-Cholesky preconditioner `B B^T + noise I` (no gradient)."""
-    p = jax.lax.stop_gradient(params)
-    piv = pivots(p, X, kernel=kernel, rank=rank)
-    # Not the `LowRank` of `precond.pivoted_cholesky` (same pivots): `P` must equal
-    # `B B^T + noise I` for the differentiable `B = factor(...)`, jitter included,
-    # which the Hutchinson control variate (`_hutchinson`) subtracts; otherwise the
-    # trace estimate is biased by `tr((P_B^{-1} - P^{-1}) dP_B)`. The two factors also
-    # differ past the numerical rank (zero columns there vs the jittered solve).
-    B = factor(p, X, piv, kernel=kernel)
-    U, s, _ = jnp.linalg.svd(B, full_matrices=False)
-    return precond.LowRank(U, s**2 + p["noise"], p["noise"]), piv
-
-
-def _logdet_lowrank(B, noise):
-    """`log det(B B^T + noise I)` for `B` (n, k), differentiable."""
-    n, k = B.shape
-    M = B.T @ B + noise * jnp.eye(k, dtype=B.dtype)
-    return 2 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(M)))) + (n - k) * jnp.log(noise)
 
 
 def log_marginal_likelihood(
@@ -144,9 +57,9 @@ def log_marginal_likelihood(
     precond_rank: int = 100,
     rtol=1e-3,
     maxiter: int | None = None,
-    block_size: int = 128,
-    return_info: bool = False,
-):
+    rows_per_block: int = 128,
+    throw: bool = True,
+) -> LMLResult:
     r"""Log marginal likelihood `log N(y | 0, K + noise I)` of a GP, and its gradient.
 
     `-1/2 (y^T (K + s I)^{-1} y + log det(K + s I) + n log 2 pi)` for the
@@ -169,22 +82,23 @@ def log_marginal_likelihood(
     kernel
         `"rbf"`, `"matern12"`, `"matern32"` or `"matern52"`.
     method
-        `"iterative"` (matrix-free, memory `O(block_size n + n (num_probes
+        `"iterative"` (matrix-free, memory `O(rows_per_block n + n (num_probes
         + depth))`) or `"cholesky"` (exact, dense `O(n^2)` memory, the
         reference for small `n`).
     gradient
-        How the iterative path differentiates.
-        `"hutchinson"` (default): one batched CG solve of `K [y, z_1..z_m]`
-        with probes `z_i ~ N(0, P)` (`P` the preconditioner), and the
-        gradient from `y^T K^{-1} dK K^{-1} y` and Hutchinson's estimate of
-        `tr(K^{-1} dK) ≈ mean_i (K^{-1} z_i)^T dK P^{-1} z_i` (Gardner et al.
-        2018), which costs one VJP of the kernel matmat; the log-determinant
+        How the iterative path differentiates (`docs/conventions.md`).
+        `"hutchinson"` (default; use it for fitting): one batched CG solve of
+        `K [y, z_1..z_m]` with probes `z_i ~ N(0, P)` (`P` the
+        preconditioner), and the gradient from `y^T K^{-1} dK K^{-1} y` and
+        Hutchinson's estimate of `tr(K^{-1} dK) ≈ mean_i (K^{-1} z_i)^T dK
+        P^{-1} z_i` (Gardner et al. 2018) with the control variate `log det
+        P`, which costs one VJP of the kernel matmat; the log-determinant
         value comes from `matfree.logdet` without differentiation.
-        `"adjoint"`: differentiate through `matfree.solve` (implicit, one
-        adjoint CG solve) and `matfree.logdet` (Lanczos adjoint): about
-        `depth` more kernel VJPs, more accurate gradients of the SLQ
-        estimate itself. Both are unbiased for the exact gradient up to the
-        CG and quadrature errors.
+        `"adjoint"`: the exact derivative of the estimate itself,
+        differentiating through `matfree.solve` (one adjoint CG solve) and
+        `matfree.logdet` (Lanczos adjoint): about `depth` more kernel VJPs.
+        Both are unbiased for the exact gradient up to the CG and quadrature
+        errors.
     num_probes, depth
         Probes and Lanczos depth of the log-determinant (static ints).
     precond_rank
@@ -195,17 +109,18 @@ def log_marginal_likelihood(
         solution `a`).
     maxiter
         CG iteration bound (default `min(n, 1000)`).
-    block_size
-        Rows per kernel block (memory `O(block_size n)`); results do not
-        depend on it beyond rounding.
-    return_info
-        Also return an `LMLInfo` (CG convergence, SLQ standard error).
+    rows_per_block
+        Rows of the kernel matrix computed at once inside a matvec (memory
+        `O(rows_per_block n)`); results do not depend on it beyond rounding.
+    throw
+        Raise if `status` is non-zero (a CG solve that did not converge, a
+        failed log-determinant); `False` returns the result with its status.
 
     Returns
     -------
-    value
-        The log marginal likelihood (a scalar); with `return_info=True` the
-        tuple `(value, info)`.
+    LMLResult
+        `value` (the log marginal likelihood), `status`, `cg_num_steps`,
+        `logdet_std_error`.
 
     Notes
     -----
@@ -225,45 +140,68 @@ def log_marginal_likelihood(
     >>> X = jnp.linspace(0, 1, 50)[:, None]
     >>> y = jnp.sin(6 * X[:, 0])
     >>> p = {"lengthscale": 0.3, "variance": 1.0, "noise": 0.01}
-    >>> exact = log_marginal_likelihood(p, X, y, method="cholesky")
+    >>> exact = log_marginal_likelihood(p, X, y, method="cholesky").value
     >>> lml = jax.jit(lambda p, key: log_marginal_likelihood(
-    ...     p, X, y, key=key, num_probes=8, depth=10, precond_rank=20))
+    ...     p, X, y, key=key, num_probes=8, depth=10, precond_rank=20).value)
     >>> est = lml(p, jax.random.PRNGKey(0))
     >>> bool(jnp.abs(est - exact) < 0.5)
     True
     """
     kernel = _params.check_kernel(kernel)
-    if method not in METHODS:
-        msg = f"`method` must be one of {METHODS}; got method={method!r}."
-        raise ValueError(msg)
-    if gradient not in GRADIENTS:
-        msg = f"`gradient` must be one of {GRADIENTS}; got gradient={gradient!r}."
-        raise ValueError(msg)
+    method = _checks.check_choice(method, "method", METHODS)
+    gradient = _checks.check_gradient(gradient, GRADIENTS)
     X, y = _params.check_data(X, y)
     n, d = X.shape
     params = _params.check_params(params, d, X.dtype)
-    const = n * math.log(2 * math.pi)
     if method == "cholesky":
-        value = _dense_lml(params, X, y, kernel) - const / 2
-        if return_info:
-            zero = jnp.zeros((), X.dtype)
-            info = LMLInfo(jnp.array(True), jnp.array(0), zero, jnp.array(0, jnp.int32))
-            return value, info
-        return value
-    if key is None:
-        msg = "`key` is required for `method='iterative'` (the probes are random)."
-        raise ValueError(msg)
-    num_probes = _checks.check_int(num_probes, "num_probes")
-    depth = _checks.check_depth(depth, n)
-    precond_rank = _checks.check_int(precond_rank, "precond_rank", minimum=0, maximum=n)
-    block_size = _checks.check_int(block_size, "block_size")
-    maxiter = min(n, 1000) if maxiter is None else _checks.check_int(maxiter, "maxiter")
-    rtol = jnp.asarray(rtol, X.dtype)
+        result = _cholesky(params, X, y, kernel)
+    else:
+        _checks.check_key(key, "the probes of `method='iterative'` are random")
+        opts = {
+            "kernel": kernel,
+            "gradient": gradient,
+            "num_probes": _checks.check_int(num_probes, "num_probes"),
+            "depth": _checks.check_depth(depth, n),
+            "rank": _checks.check_int(precond_rank, "precond_rank", minimum=0, maximum=n),
+            "rtol": jnp.asarray(rtol, X.dtype),
+            "maxiter": min(n, 1000)
+            if maxiter is None
+            else _checks.check_int(maxiter, "maxiter"),
+            "rows_per_block": _checks.check_int(rows_per_block, "rows_per_block"),
+        }
+        result = _iterative(params, X, y, key, **opts)
+    return _status.error_if(result, result.status) if throw else result
+
+
+def _cholesky(params, X, y, kernel) -> LMLResult:
+    const = X.shape[0] * math.log(2 * math.pi)
+    value = _dense_lml(params, X, y, kernel) - const / 2
+    status = _status.first((~jnp.isfinite(value), _status.Status.NONFINITE))
+    zero = jnp.zeros((), X.dtype)
+    return LMLResult(value, status, jnp.int32(0), zero)
+
+
+def _iterative(
+    params,
+    X,
+    y,
+    key,
+    *,
+    kernel,
+    gradient,
+    num_probes,
+    depth,
+    rank,
+    rtol,
+    maxiter,
+    rows_per_block,
+) -> LMLResult:
+    n = X.shape[0]
     P, piv = None, None
-    if precond_rank:
-        P, piv = preconditioner(params, X, kernel=kernel, rank=precond_rank)
+    if rank:
+        P, piv = preconditioner(params, X, kernel=kernel, rank=rank)
     key_solve, key_logdet = jax.random.split(key)
-    args = (params, X, y, kernel, block_size, P, rtol, maxiter)
+    args = (params, X, y, kernel, rows_per_block, P, rtol, maxiter)
     if gradient == "hutchinson":
         quad, trace_term, sol = _hutchinson(*args, key_solve, num_probes, piv)
         ld_params = jax.lax.stop_gradient(params)
@@ -271,7 +209,7 @@ def log_marginal_likelihood(
         quad, sol = _adjoint_quad(*args)
         trace_term = 0.0
         ld_params = params
-    matvec = kernel_operator(ld_params, X, kernel=kernel, block_size=block_size)
+    matvec = kernel_operator(ld_params, X, kernel=kernel, rows_per_block=rows_per_block)
     if gradient == "hutchinson":
         matvec = matmat_operator(matvec)
     ld = slq.logdet(
@@ -280,14 +218,13 @@ def log_marginal_likelihood(
     logdet = ld.estimate
     if gradient == "hutchinson":
         logdet = jax.lax.stop_gradient(logdet)
-    value = -(quad + logdet + trace_term + const) / 2
-    if not return_info:
-        return value
-    converged = jnp.all(sol.converged)
-    status = jnp.where(converged, 0, 1)
-    status = jnp.where(ld.status != 0, 2, status).astype(jnp.int32)
-    info = LMLInfo(converged, jnp.max(sol.num_steps), ld.std_error, status)
-    return value, info
+    value = -(quad + logdet + trace_term + n * math.log(2 * math.pi)) / 2
+    status = _status.first(
+        (ld.status != 0, _status.Status.NOT_POSITIVE_DEFINITE),
+        (~jnp.all(sol.converged), _status.Status.NOT_CONVERGED),
+        (~jnp.isfinite(value), _status.Status.NONFINITE),
+    )
+    return LMLResult(value, status, jnp.max(sol.num_steps), ld.std_error)
 
 
 def _dense_lml(params, X, y, kernel):
@@ -303,7 +240,9 @@ def _dense_lml(params, X, y, kernel):
     return -(a @ a) / 2 - jnp.sum(jnp.log(jnp.diag(L)))
 
 
-def _hutchinson(params, X, y, kernel, block_size, P, rtol, maxiter, key, num_probes, piv):
+def _hutchinson(
+    params, X, y, kernel, rows_per_block, P, rtol, maxiter, key, num_probes, piv
+):
     n = X.shape[0]
     W = jax.random.rademacher(key, (n, num_probes), dtype=X.dtype)
     if P is None:
@@ -314,13 +253,13 @@ def _hutchinson(params, X, y, kernel, block_size, P, rtol, maxiter, key, num_pro
         V = _lowrank_apply(P, W, jax.lax.rsqrt)
     stopped = jax.lax.stop_gradient(params)
     mv_stop = matmat_operator(
-        kernel_operator(stopped, X, kernel=kernel, block_size=block_size)
+        kernel_operator(stopped, X, kernel=kernel, rows_per_block=rows_per_block)
     )
     B = jnp.concatenate([jax.lax.stop_gradient(y)[:, None], Z], axis=1)
     sol = solvers.solve(mv_stop, B, precond=P, rtol=rtol, maxiter=maxiter, batched=True)
     S = jax.lax.stop_gradient(sol.value)
     alpha, U = S[:, 0], S[:, 1:]
-    mv = kernel_operator(params, X, kernel=kernel, block_size=block_size)
+    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block)
     KM = mv(jnp.concatenate([alpha[:, None], V], axis=1))
     quad = 2 * alpha @ y - alpha @ KM[:, 0]
     tr = jnp.sum(U * KM[:, 1:]) / num_probes
@@ -333,8 +272,8 @@ def _hutchinson(params, X, y, kernel, block_size, P, rtol, maxiter, key, num_pro
     return quad, tr - jax.lax.stop_gradient(tr), sol
 
 
-def _adjoint_quad(params, X, y, kernel, block_size, P, rtol, maxiter):
-    mv = kernel_operator(params, X, kernel=kernel, block_size=block_size)
+def _adjoint_quad(params, X, y, kernel, rows_per_block, P, rtol, maxiter):
+    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block)
     sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter)
     return y @ sol.value, sol
 
@@ -344,3 +283,10 @@ def _lowrank_apply(P, W, fn):
     coef = P.basis.T @ W
     rest = W - P.basis @ coef
     return P.basis @ (fn(P.values)[:, None] * coef) + fn(P.complement) * rest
+
+
+def _logdet_lowrank(B, noise):
+    """`log det(B B^T + noise I)` for `B` (n, k), differentiable."""
+    n, k = B.shape
+    M = B.T @ B + noise * jnp.eye(k, dtype=B.dtype)
+    return 2 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(M)))) + (n - k) * jnp.log(noise)

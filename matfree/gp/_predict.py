@@ -3,12 +3,51 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from matfree import _checks, funm, operators, solvers
-from matfree.gp import _lml, _params
+from matfree import status as _status
+from matfree.gp import _params
+from matfree.gp._lml import METHODS
+from matfree.gp._operator import kernel_operator, preconditioner
+
+
+class Prediction(NamedTuple):
+    """The result of `predict`.
+
+    Attributes
+    ----------
+    mean
+        The predictive mean of the latent function, shape `(m,)`.
+    variance
+        The predictive variance of the latent function, shape `(m,)` (add
+        `params["noise"]` for a new observation); `None` with `variance=False`.
+    status
+        `0`, or a code of `matfree.status` (`NOT_CONVERGED` if a CG solve did
+        not reach `rtol`, `NONFINITE`).
+    """
+
+    mean: jax.Array
+    variance: jax.Array | None
+    status: jax.Array
+
+
+class Samples(NamedTuple):
+    """The result of `sample_prior`.
+
+    Attributes
+    ----------
+    value
+        The samples, shape `(n,)` or `(num_samples, n)`.
+    status
+        `0`, or a code of `matfree.status` from the square-root action.
+    """
+
+    value: jax.Array
+    status: jax.Array
 
 
 def predict(
@@ -23,20 +62,21 @@ def predict(
     precond_rank: int = 100,
     rtol=1e-6,
     maxiter: int | None = None,
-    block_size: int = 128,
-    batch_size: int = 128,
-):
+    rows_per_block: int = 128,
+    chunk_size: int = 128,
+    throw: bool = True,
+) -> Prediction:
     r"""Predictive mean and variance of the latent function at `X_new`.
 
     Mean `k_*^T (K + s I)^{-1} y`; variance
     `k(x_*, x_*) - k_*^T (K + s I)^{-1} k_*` (add `params["noise"]` for the
     variance of a new observation). The iterative path solves with
     preconditioned CG: one solve for the mean, and for the variances batched
-    solves with the columns `k_*` for `batch_size` test points at a time
-    (one kernel matmat per CG step and batch). This is exact up to the CG
+    solves with the columns `k_*` for `chunk_size` test points at a time
+    (one kernel matmat per CG step and chunk). This is exact up to the CG
     tolerance `rtol` (the variance error is about `rtol |k_*|^2 / s`), at
-    the cost of `m / batch_size` batched solves for `m` test points; memory
-    `O(n (batch_size + block_size))`.
+    the cost of `m / chunk_size` batched solves for `m` test points; memory
+    `O(n (chunk_size + rows_per_block))`.
 
     Parameters
     ----------
@@ -51,16 +91,20 @@ def predict(
     method
         `"iterative"` or `"cholesky"` (dense reference).
     variance
-        Also compute the variances (else `None` is returned for them).
-    precond_rank, rtol, maxiter, block_size
+        Also compute the variances (else the result's `variance` is `None`).
+    precond_rank, rtol, maxiter, rows_per_block
         As in `log_marginal_likelihood` (here `rtol` defaults to `1e-6`).
-    batch_size
-        Test points per batched variance solve.
+    chunk_size
+        Test points per batched variance solve (processed in sequential
+        chunks; the result does not depend on it).
+    throw
+        Raise if `status` is non-zero; `False` returns it in the result.
 
     Returns
     -------
-    mean, var
-        Arrays of shape `(m,)` (`var` is `None` if `variance=False`).
+    Prediction
+        `mean`, `variance` (each `(m,)`; `variance` is `None` with
+        `variance=False`) and `status`.
 
     Examples
     --------
@@ -69,8 +113,8 @@ def predict(
     >>> y = jnp.sin(6 * X[:, 0])
     >>> p = {"lengthscale": 0.3, "variance": 1.0, "noise": 0.01}
     >>> Xs = jnp.array([[0.25], [0.75]])
-    >>> m1, v1 = predict(p, X, y, Xs, precond_rank=10)
-    >>> m2, v2 = predict(p, X, y, Xs, method="cholesky")
+    >>> m1, v1, _ = predict(p, X, y, Xs, precond_rank=10)
+    >>> m2, v2, _ = predict(p, X, y, Xs, method="cholesky")
     >>> bool(jnp.allclose(m1, m2, atol=1e-5) and jnp.allclose(v1, v2, atol=1e-5))
     True
     """
@@ -90,30 +134,54 @@ def predict(
     def cross(rows):  # k(rows, X), shape (len(rows), n)
         return operators.kernel_matrix(rows, X, **kw)
 
+    method = _checks.check_choice(method, "method", METHODS)
     if method == "cholesky":
-        K = operators.kernel_matrix(X, X, **kw) + p["noise"] * jnp.eye(n, dtype=X.dtype)
-        L = jnp.linalg.cholesky(K)
-        Ks = cross(X_new)
-        mean = Ks @ jax.scipy.linalg.cho_solve((L, True), y)
-        if not variance:
-            return mean, None
-        A = jax.scipy.linalg.solve_triangular(L, Ks.T, lower=True)
-        return mean, p["variance"] - jnp.sum(A * A, axis=0)
-    if method != "iterative":
-        msg = f"`method` must be one of {_lml.METHODS}; got method={method!r}."
-        raise ValueError(msg)
-    precond_rank = _checks.check_int(precond_rank, "precond_rank", minimum=0, maximum=n)
-    block_size = _checks.check_int(block_size, "block_size")
-    batch_size = _checks.check_int(batch_size, "batch_size")
-    maxiter = min(n, 1000) if maxiter is None else _checks.check_int(maxiter, "maxiter")
-    static = (kernel, bool(variance), precond_rank, maxiter, block_size, batch_size)
-    mean, var = _predict_iterative(p, X, y, X_new, jnp.asarray(rtol, X.dtype), *static)
-    return mean, (var if variance else None)
+        mean, var = _predict_cholesky(p, X, y, X_new, kernel, bool(variance))
+        finite = jnp.isfinite(mean).all() & (
+            True if var is None else jnp.isfinite(var).all()
+        )
+        status = _status.first((~finite, _status.Status.NONFINITE))
+    else:
+        precond_rank = _checks.check_int(precond_rank, "precond_rank", minimum=0, maximum=n)
+        rows_per_block = _checks.check_int(rows_per_block, "rows_per_block")
+        chunk_size = _checks.check_int(chunk_size, "chunk_size")
+        if maxiter is None:
+            maxiter = min(n, 1000)
+        maxiter = _checks.check_int(maxiter, "maxiter")
+        static = (kernel, bool(variance), precond_rank, maxiter, rows_per_block, chunk_size)
+        rtol = jnp.asarray(rtol, X.dtype)
+        mean, var, status = _predict_iterative(p, X, y, X_new, rtol, *static)
+        var = var if variance else None
+    result = Prediction(mean, var, status)
+    return _status.error_if(result, status) if throw else result
+
+
+def _predict_cholesky(p, X, y, X_new, kernel, variance):
+    n = X.shape[0]
+    kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
+    K = operators.kernel_matrix(X, X, **kw) + p["noise"] * jnp.eye(n, dtype=X.dtype)
+    L = jnp.linalg.cholesky(K)
+    Ks = operators.kernel_matrix(X_new, X, **kw)
+    mean = Ks @ jax.scipy.linalg.cho_solve((L, True), y)
+    if not variance:
+        return mean, None
+    A = jax.scipy.linalg.solve_triangular(L, Ks.T, lower=True)
+    return mean, p["variance"] - jnp.sum(A * A, axis=0)
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(5, 11)))
 def _predict_iterative(
-    p, X, y, X_new, rtol, kernel, variance, precond_rank, maxiter, block_size, batch_size
+    p,
+    X,
+    y,
+    X_new,
+    rtol,
+    kernel,
+    variance,
+    precond_rank,
+    maxiter,
+    rows_per_block,
+    chunk_size,
 ):
     d = X.shape[1]
     kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
@@ -121,29 +189,32 @@ def _predict_iterative(
     def cross(rows):  # k(rows, X), shape (len(rows), n)
         return operators.kernel_matrix(rows, X, **kw)
 
-    mv = _lml.kernel_operator(p, X, kernel=kernel, block_size=block_size)
-    P = (
-        _lml.preconditioner(p, X, kernel=kernel, rank=precond_rank)[0]
-        if precond_rank
-        else None
-    )
+    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block)
+    P = preconditioner(p, X, kernel=kernel, rank=precond_rank)[0] if precond_rank else None
     opts = {"precond": P, "rtol": rtol, "maxiter": maxiter}
-    alpha = solvers.solve(mv, y, **opts).value
+    sol = solvers.solve(mv, y, **opts)
+    alpha = sol.value
     m = X_new.shape[0]
-    bs = min(batch_size, m)
+    bs = min(chunk_size, m)
     nb = -(-m // bs)
     Xb = jnp.pad(X_new, ((0, nb * bs - m), (0, 0))).reshape(nb, bs, d)
 
-    def one_batch(rows):
+    def one_chunk(rows):
         Ks = cross(rows)  # (bs, n)
         mean = Ks @ alpha
         if not variance:
-            return mean, mean
-        S = solvers.solve(mv, Ks.T, batched=True, **opts).value  # (n, bs)
-        return mean, p["variance"] - jnp.sum(Ks.T * S, axis=0)
+            return mean, mean, jnp.array(True)
+        S = solvers.solve(mv, Ks.T, batched=True, **opts)  # (n, bs)
+        var = p["variance"] - jnp.sum(Ks.T * S.value, axis=0)
+        return mean, var, jnp.all(S.converged)
 
-    mean, var = jax.lax.map(one_batch, Xb)
-    return mean.reshape(-1)[:m], jnp.maximum(var.reshape(-1)[:m], 0)
+    mean, var, converged = jax.lax.map(one_chunk, Xb)
+    mean, var = mean.reshape(-1)[:m], jnp.maximum(var.reshape(-1)[:m], 0)
+    status = _status.first(
+        (~(jnp.all(sol.converged) & jnp.all(converged)), _status.Status.NOT_CONVERGED),
+        (~(jnp.isfinite(mean).all() & jnp.isfinite(var).all()), _status.Status.NONFINITE),
+    )
+    return mean, var, status
 
 
 def sample_prior(
@@ -154,8 +225,9 @@ def sample_prior(
     kernel: str = "rbf",
     num_samples: int | None = None,
     depth: int = 100,
-    block_size: int = 128,
-):
+    rows_per_block: int = 128,
+    throw: bool = True,
+) -> Samples:
     r"""Sample noisy observations `y ~ N(0, K + noise I)` at `X`, matrix-free.
 
     `y = (K + noise I)^{1/2} z` with `z ~ N(0, I)`, computed by
@@ -179,20 +251,22 @@ def sample_prior(
         `None` for one sample `(n,)`, else `(num_samples, n)`.
     depth
         Lanczos depth (static, at most `n`).
-    block_size
-        Rows per kernel block.
+    rows_per_block
+        Rows of the kernel matrix computed at once inside a matvec.
+    throw
+        Raise if `status` is non-zero; `False` returns it in the result.
 
     Returns
     -------
-    Array
-        The samples.
+    Samples
+        `value` (the samples) and `status`.
 
     Examples
     --------
     >>> import jax, jax.numpy as jnp
     >>> X = jnp.linspace(0, 1, 200)[:, None]
     >>> p = {"lengthscale": 0.2, "variance": 1.0, "noise": 0.1}
-    >>> y = sample_prior(p, X, key=jax.random.PRNGKey(0), depth=40)
+    >>> y = sample_prior(p, X, key=jax.random.PRNGKey(0), depth=40).value
     >>> y.shape
     (200,)
     """
@@ -201,18 +275,23 @@ def sample_prior(
     n, d = X.shape
     p = _params.check_params(params, d, X.dtype)
     depth = _checks.check_depth(depth, n)
-    block_size = _checks.check_int(block_size, "block_size")
-    return _sample(p, X, key, kernel, num_samples, depth, block_size)
+    rows_per_block = _checks.check_int(rows_per_block, "rows_per_block")
+    result = Samples(*_sample(p, X, key, kernel, num_samples, depth, rows_per_block))
+    return _status.error_if(result, result.status) if throw else result
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _sample(p, X, key, kernel, num_samples, depth, block_size):
+def _sample(p, X, key, kernel, num_samples, depth, rows_per_block):
     n = X.shape[0]
-    mv = _lml.kernel_operator(p, X, kernel=kernel, block_size=block_size)
+    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block)
     shape = (n,) if num_samples is None else (num_samples, n)
     Z = jax.random.normal(key, shape, X.dtype)
 
     def one(z):
-        return funm.sqrt_action(mv, z, depth=depth)
+        y, info = funm.sqrt_action(mv, z, depth=depth, return_info=True, throw=False)
+        return y, info.status
 
-    return one(Z) if num_samples is None else jax.lax.map(one, Z)
+    if num_samples is None:
+        return one(Z)
+    Y, status = jax.lax.map(one, Z)
+    return Y, status[jnp.argmax(status != 0)]

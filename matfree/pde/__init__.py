@@ -7,8 +7,9 @@ synthetic data (`random_field`, `bumps`, `simulate`, `add_noise`) and fitting
 the field to observations with optax (`invert`).
 """
 
+from matfree._fit import FitResult
 from matfree.pde._data import add_noise, bumps, random_field, simulate
-from matfree.pde._invert import InversionResult, invert, misfit, smoothness_penalty
+from matfree.pde._invert import invert, misfit, smoothness_penalty
 from matfree.pde._operators import (
     AdvectionDiffusion,
     Diffusion,
@@ -22,7 +23,7 @@ from matfree.pde._solve import grid, solve, suggest_num_substeps
 __all__ = [
     "AdvectionDiffusion",
     "Diffusion",
-    "InversionResult",
+    "FitResult",
     "Operator",
     "add_noise",
     "advection_diffusion",

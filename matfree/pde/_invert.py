@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import time as _time
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from matfree import _checks
+from matfree import status as _status
+from matfree._fit import FitResult, check_optimizer, minimize
 from matfree.pde import _data, _operators
-
-
-class InversionResult(NamedTuple):
-    """The result of `invert`.
-
-    Attributes
-    ----------
-    field
-        The fitted coefficient field `k = exp(theta)`, shape `(ny, nx)`.
-    theta
-        The fitted unconstrained parameter `log k`.
-    loss
-        Loss history, shape `(num_steps,)`: the loss at the iterate before each
-        optimiser step.
-    seconds
-        Wall time per optimisation step, shape `(num_steps,)` (the first
-        includes compilation).
-    """
-
-    field: jax.Array
-    theta: jax.Array
-    loss: jax.Array
-    seconds: np.ndarray
 
 
 def misfit(k, u0, times, observations, *, depth, num_substeps=1, operator=None):
@@ -73,7 +48,8 @@ def invert(
     optimizer=None,
     num_steps: int = 100,
     progress: bool = True,
-):
+    throw: bool = True,
+) -> FitResult:
     r"""Fit the coefficient field `k` so that `simulate(k, u0, times)` matches data.
 
     Minimises `misfit(k) + smoothness * smoothness_penalty(theta)` over
@@ -103,13 +79,17 @@ def invert(
     num_steps
         Number of optimiser steps.
     progress
-        Show a progress bar (tqdm if installed, else a printed line every
-        10% of the steps).
+        Show a one-line progress bar with the loss and the time per step.
+    throw
+        Raise at the first step whose loss is not finite; `False` keeps
+        going and reports the first such status in the result.
 
     Returns
     -------
-    InversionResult
-        The fitted field, `theta`, the loss history and seconds per step.
+    FitResult
+        `params` (the fitted field `k`, `(ny, nx)`), `raw` (`theta = log
+        k`), `losses` (the loss before each step), `seconds` (per step, the
+        first with compilation) and `status`.
 
     Examples
     --------
@@ -118,7 +98,7 @@ def invert(
     >>> k, u0 = jnp.full((6, 6), 2.0), pde.bumps((6, 6), [(0.5, 0.5)])
     >>> obs = pde.simulate(k, u0, [0.01], depth=12)
     >>> res = pde.invert(obs, u0, [0.01], depth=12, num_steps=60, progress=False)
-    >>> bool(res.loss[-1] < 1e-2 * res.loss[0])
+    >>> bool(res.losses[-1] < 1e-2 * res.losses[0])
     True
     """
     num_steps = _checks.check_int(num_steps, "num_steps")
@@ -136,11 +116,12 @@ def invert(
     if not (np.ndim(init) == 0 and float(init) > 0):
         msg = f"`init` must be a positive scalar (the flat starting field); got {init!r}."
         raise ValueError(msg)
-    optimizer = optax.adam(0.05) if optimizer is None else optimizer
+    optimizer = check_optimizer(optimizer, optax.adam(0.05))
     theta = jnp.full(shape, jnp.log(float(init)), dtype=u0.dtype)
     _operators.check_field(theta)
 
-    def loss_fn(theta):
+    def loss(theta, key):
+        del key
         value = misfit(
             jnp.exp(theta),
             u0,
@@ -150,53 +131,16 @@ def invert(
             num_substeps=num_substeps,
             operator=operator,
         )
-        return value + smoothness * smoothness_penalty(theta)
+        value = value + smoothness * smoothness_penalty(theta)
+        return value, _status.first((~jnp.isfinite(value), _status.Status.NONFINITE))
 
-    @jax.jit
-    def step(theta, state):
-        value, grad = jax.value_and_grad(loss_fn)(theta)
-        updates, state = optimizer.update(grad, state, theta)
-        return optax.apply_updates(theta, updates), state, value
-
-    state = optimizer.init(theta)
-    losses, seconds = [], []
-    bar = _progress(num_steps) if progress else None
-    for i in range(num_steps):
-        t0 = _time.perf_counter()
-        theta, state, value = step(theta, state)
-        value = float(value)
-        seconds.append(_time.perf_counter() - t0)
-        losses.append(value)
-        if bar is not None:
-            bar(i, value)
-    if bar is not None:
-        bar(None, None)
-    return InversionResult(jnp.exp(theta), theta, jnp.asarray(losses), np.asarray(seconds))
-
-
-def _progress(total):
-    """Return `update(i, loss)`; `update(None, None)` closes the bar."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        tqdm = None
-
-    if tqdm is not None:
-        bar = tqdm(total=total, desc="invert")
-
-        def update(i, loss):
-            if i is None:
-                bar.close()
-                return
-            bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
-            bar.update(1)
-
-        return update
-
-    every = max(1, total // 10)
-
-    def update(i, loss):
-        if i is not None and ((i + 1) % every == 0 or i + 1 == total):
-            print(f"invert: step {i + 1}/{total}, loss {loss:.3e}", flush=True)
-
-    return update
+    theta, losses, seconds, status = minimize(
+        loss,
+        theta,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        progress=progress,
+        label="pde.invert",
+        throw=throw,
+    )
+    return FitResult(jnp.exp(theta), theta, losses, seconds, status)
