@@ -39,8 +39,10 @@ class FitResult(NamedTuple):
         includes compilation.
     status
         `0` if every step's loss was computed without a run-time problem,
-        else the first non-zero status (`matfree.status`); only seen with
-        `throw=False`, since `throw=True` raises at that step.
+        else the non-zero status (`matfree.status`) of the step at which the
+        loop stopped: with `throw=False` a bad step ends the loop, `params`
+        and `raw` are the last iterate whose loss was fine and the entries of
+        `losses` and `seconds` after it are NaN (`throw=True` raises there).
     """
 
     params: Any
@@ -80,7 +82,10 @@ def minimize(
     `value_fn` for optimisers with a line search (`optax.lbfgs`) uses the
     step's key, so the objective is deterministic within a step.
 
-    Returns `(raw, losses, seconds, status)`.
+    Returns `(raw, losses, seconds, status)`. A step whose loss has a
+    non-zero status raises (`throw=True`) or stops the loop (`throw=False`):
+    `raw` is then the last iterate whose loss was fine, and the losses and
+    seconds of the steps not taken are NaN.
     """
 
     @jax.jit
@@ -96,8 +101,8 @@ def minimize(
 
     state = optimizer.init(raw)
     keys = [None] * num_steps if key is None else jax.random.split(key, num_steps)
-    losses, seconds = np.empty(num_steps), np.empty(num_steps)
-    first_bad = 0
+    losses, seconds = np.full(num_steps, np.nan), np.full(num_steps, np.nan)
+    code = _status.Status.OK
     bar = Progress(num_steps, label) if progress else None
     for i in range(num_steps):
         t0 = time.perf_counter()
@@ -108,13 +113,13 @@ def minimize(
             if throw:
                 msg = f"matfree: {label}: step {i}: {_status.message(code)}"
                 raise eqx.EquinoxRuntimeError(msg)
-            first_bad = first_bad or code
+            break  # `raw` is the last iterate whose loss was fine
         raw = new_raw
         if bar is not None:
             bar.update(i + 1, losses[i], seconds[1 : i + 1].sum(), seconds[0])
     if bar is not None:
         bar.close()
-    return raw, losses, seconds, jnp.int32(first_bad)
+    return raw, losses, seconds, jnp.int32(code)
 
 
 class Progress:

@@ -235,6 +235,16 @@ def test_fit_recovers_known_hyperparameters(capsys):
     assert "60/60" in out and "loss" in out and "s/step" in out
 
 
+def test_fit_stops_at_a_failed_step():
+    opts = {"num_probes": 2, "depth": 4, "precond_rank": 0, "rtol": 1e-12, "maxiter": 1}
+    res = gp.fit(P, X, Y, key=KEY, num_steps=4, progress=False, throw=False, **opts)
+    assert int(res.status) == status.Status.NOT_CONVERGED
+    assert np.isfinite(res.losses[0]) and np.all(np.isnan(res.losses[1:]))
+    assert jnp.allclose(res.params["noise"], P["noise"])  # no step was taken
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"gp\.fit: step 0: did not converge"):
+        gp.fit(P, X, Y, key=KEY, num_steps=4, progress=False, **opts)
+
+
 def test_transform_round_trip_and_positivity():
     raw = gp.unconstrain(P)
     back = gp.constrain(raw)

@@ -312,7 +312,8 @@ def test_invert_reports_a_non_finite_loss():
     opts = {"depth": 8, "num_steps": 3, "progress": False}
     res = pde.invert(obs, u0, [0.01], throw=False, **opts)
     assert int(res.status) == matfree.status.Status.NONFINITE
-    assert res.losses.shape == (3,)
+    assert res.losses.shape == (3,) and bool(jnp.all(jnp.isnan(res.losses)))
+    assert bool(jnp.all(res.params == 1.0))  # the start: no step was taken
     with pytest.raises(eqx.EquinoxRuntimeError, match=r"pde\.invert: step 0: non-finite"):
         pde.invert(obs, u0, [0.01], **opts)
 

@@ -47,8 +47,8 @@ def fit(
         Print a progress bar with the current loss and the step rate.
     throw
         Raise at the first step whose log marginal likelihood has a non-zero
-        status (e.g. a CG solve that did not converge); `False` keeps going
-        and reports the first such status in the result.
+        status (e.g. a CG solve that did not converge); `False` stops the
+        loop there and returns the last good iterate with that status.
     **lml_options
         Passed to `log_marginal_likelihood` (e.g. `kernel=`, `method=`,
         `gradient=`, `num_probes=`, `depth=`, `precond_rank=`, `rtol=`,

@@ -81,8 +81,8 @@ def invert(
     progress
         Show a one-line progress bar with the loss and the time per step.
     throw
-        Raise at the first step whose loss is not finite; `False` keeps
-        going and reports the first such status in the result.
+        Raise at the first step whose loss is not finite; `False` stops the
+        loop there and returns the last good iterate with that status.
 
     Returns
     -------
