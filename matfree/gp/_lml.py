@@ -46,7 +46,7 @@ def kernel_operator(params, X, *, kernel, block_size):
         lengthscale=params["lengthscale"],
         variance=params["variance"],
         noise=params["noise"],
-        block_size=block_size,
+        rows_per_block=block_size,
     )
 
 

@@ -135,7 +135,7 @@ def test_gradient_reaches_kernel_parameters_with_preconditioner():
 
     def loss(params, b):
         ls, noise = params
-        mv = operators.kernel_matvec(x, lengthscale=ls, noise=noise, block_size=20)
+        mv = operators.kernel_matvec(x, lengthscale=ls, noise=noise, rows_per_block=20)
         return jnp.sum(matfree.solve(mv, b, precond=P, rtol=1e-12).value ** 2)
 
     def dense(params, b):
