@@ -87,7 +87,7 @@ def flatten(
 
 
 def _check_rectangular(matvec, v, out_like, name, matvec_name, out_name):
-    """Checks of `flatten` for an operator from vectors like `v` to vectors like `out_like`."""
+    """The checks of `flatten` for an operator from `v`-like to `out_like`-like vectors."""
     _checks.check_callable(matvec, matvec_name)
     dtype = _checks.check_floating_vector(out_like, out_name)
     vdtype = _checks.check_floating_vector(v, name)
