@@ -84,10 +84,7 @@ def pivots(params, X, *, kernel, rank):
         return operators.kernel_matrix(X[i][None], X, **kw)[0]
 
     diagonal = p["variance"] * jnp.ones(X.shape[0], X.dtype)
-    _, piv = precond.pivoted_cholesky(
-        row_fn, diagonal, rank, p["noise"], return_pivots=True
-    )
-    return piv
+    return precond.pivoted_cholesky(row_fn, diagonal, rank=rank, shift=p["noise"]).pivots
 
 
 def factor(params, X, piv, *, kernel):
@@ -119,8 +116,7 @@ def preconditioner(params, X, *, kernel, rank):
     # trace estimate is biased by `tr((P_B^{-1} - P^{-1}) dP_B)`. The two factors also
     # differ past the numerical rank (zero columns there vs the jittered solve).
     B = factor(p, X, piv, kernel=kernel)
-    U, s, _ = jnp.linalg.svd(B, full_matrices=False)
-    return precond.LowRank(U, s**2 + p["noise"], p["noise"]), piv
+    return precond.LowRank(B, p["noise"]), piv
 
 
 def _logdet_lowrank(B, noise):
@@ -310,15 +306,17 @@ def _hutchinson(params, X, y, kernel, block_size, P, rtol, maxiter, key, num_pro
         Z, V = W, W
     else:
         # z = P^{1/2} w ~ N(0, P) (approximately, for Rademacher w); P^{-1} z = P^{-1/2} w.
-        Z = _lowrank_apply(P, W, jnp.sqrt)
-        V = _lowrank_apply(P, W, jax.lax.rsqrt)
+        Z = P.sqrt(W.T).T
+        V = P.inv_sqrt(W.T).T
     stopped = jax.lax.stop_gradient(params)
     mv_stop = matmat_operator(
         kernel_operator(stopped, X, kernel=kernel, block_size=block_size)
     )
     B = jnp.concatenate([jax.lax.stop_gradient(y)[:, None], Z], axis=1)
-    sol = solvers.solve(mv_stop, B, precond=P, rtol=rtol, maxiter=maxiter, batched=True)
-    S = jax.lax.stop_gradient(sol.value)
+    sol = solvers.solve(
+        mv_stop, B.T, precond=P, rtol=rtol, maxiter=maxiter, batched=True, throw=False
+    )
+    S = jax.lax.stop_gradient(sol.value).T
     alpha, U = S[:, 0], S[:, 1:]
     mv = kernel_operator(params, X, kernel=kernel, block_size=block_size)
     KM = mv(jnp.concatenate([alpha[:, None], V], axis=1))
@@ -335,12 +333,5 @@ def _hutchinson(params, X, y, kernel, block_size, P, rtol, maxiter, key, num_pro
 
 def _adjoint_quad(params, X, y, kernel, block_size, P, rtol, maxiter):
     mv = kernel_operator(params, X, kernel=kernel, block_size=block_size)
-    sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter)
+    sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
     return y @ sol.value, sol
-
-
-def _lowrank_apply(P, W, fn):
-    """`fn(P) W` for a `precond.LowRank` `P` and a block `W` (n, m)."""
-    coef = P.basis.T @ W
-    rest = W - P.basis @ coef
-    return P.basis @ (fn(P.values)[:, None] * coef) + fn(P.complement) * rest

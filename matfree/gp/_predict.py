@@ -127,7 +127,7 @@ def _predict_iterative(
         if precond_rank
         else None
     )
-    opts = {"precond": P, "rtol": rtol, "maxiter": maxiter}
+    opts = {"precond": P, "rtol": rtol, "maxiter": maxiter, "throw": False}
     alpha = solvers.solve(mv, y, **opts).value
     m = X_new.shape[0]
     bs = min(batch_size, m)
@@ -139,7 +139,7 @@ def _predict_iterative(
         mean = Ks @ alpha
         if not variance:
             return mean, mean
-        S = solvers.solve(mv, Ks.T, batched=True, **opts).value  # (n, bs)
+        S = solvers.solve(mv, Ks, batched=True, **opts).value.T  # (n, bs)
         return mean, p["variance"] - jnp.sum(Ks.T * S, axis=0)
 
     mean, var = jax.lax.map(one_batch, Xb)
