@@ -130,7 +130,10 @@ def test_gradient_reaches_kernel_parameters_with_preconditioner():
     x = jax.random.normal(jax.random.PRNGKey(0), (40, 2))
     b = jnp.sin(x[:, 0])
     P = precond.pivoted_cholesky(
-        lambda i: operators.kernel_matrix(x[i][None], x)[0], jnp.ones(40), 8, 1e-2
+        lambda i: operators.kernel_matrix(x[i][None], x)[0],
+        jnp.ones(40),
+        rank=8,
+        shift=1e-2,
     )
 
     def loss(params, b):

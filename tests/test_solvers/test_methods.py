@@ -203,3 +203,16 @@ def test_zero_right_hand_side_gives_zero():
         assert bool(sol.converged)
         assert int(sol.num_steps) == 0
         assert bool(jnp.all(sol.value == 0))
+
+
+def test_batched_every_field_has_the_leading_axis():
+    A = _spd(jnp.float64)
+    B = _rhs(jnp.float64, (N, 2)).T
+    X0 = jnp.zeros((2, N))
+    sol = dense_solve(A, B, 1e-8, X0, batched=True, history=True)
+    for name, field in sol._asdict().items():
+        assert field.shape[0] == 2, name
+    assert sol.residual_history.shape == (2, 10 * N + 1)
+    one = dense_solve(A, B[1], 1e-8, X0[1], history=True)
+    # a matmul and a matvec round differently: compare the first steps only
+    assert jnp.allclose(one.residual_history[:10], sol.residual_history[1, :10], rtol=1e-8)

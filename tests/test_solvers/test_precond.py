@@ -342,3 +342,18 @@ def test_jacobi_functions_vector_and_block():
         P.inverse(V[0]), V[0] / d
     )
     assert jnp.allclose(P.sqrt(P.inv_sqrt(V)), V)
+
+
+def test_solve_is_differentiable_through_a_lowrank_preconditioner(kernel_problem):
+    _, K, b = kernel_problem
+    A = K + 1e-2 * jnp.eye(N)
+    P0 = precond.pivoted_cholesky(lambda i: K[i], jnp.diag(K), rank=10, shift=1e-2)
+
+    @jax.jit
+    def f(factor, shift, b):
+        P = precond.LowRank(factor, shift)
+        return matfree.solve(lambda v: A @ v, b, precond=P, rtol=1e-12).value.sum()
+
+    g = jax.grad(f, argnums=(0, 1, 2))(P0.factor, P0.shift, b)
+    assert jnp.allclose(g[0], 0.0) and jnp.allclose(g[1], 0.0)  # x does not depend on P
+    assert jnp.allclose(g[2], jnp.linalg.solve(A, jnp.ones(N)), rtol=1e-8)

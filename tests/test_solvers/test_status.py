@@ -128,3 +128,18 @@ def test_status_codes_are_those_of_matfree_status():
     sol = dense_solve(A, jnp.ones(N), 1e-12, maxiter=3)
     assert int(sol.status) == matfree.status.Status.NOT_CONVERGED
     assert matfree.status.message(sol.status).startswith("did not converge")
+
+
+def test_throw_covers_the_adjoint_solve_of_the_gradient():
+    # The forward solve converges in one step (b is an eigenvector of A), the
+    # adjoint solve with a generic cotangent needs four: maxiter=1 stops it.
+    A = jnp.diag(jnp.array([1.0, 2.0, 3.0, 4.0]))
+    b = jnp.array([1.0, 0.0, 0.0, 0.0])
+    w = jnp.array([1.0, 2.0, 3.0, 4.0])
+
+    def loss(b):
+        return jnp.dot(w, matfree.solve(lambda v: A @ v, b, maxiter=1).value)
+
+    assert jnp.allclose(loss(b), 1.0)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge"):
+        jax.grad(loss)(b)
