@@ -42,7 +42,7 @@ def make_problem(kind, n):
 
         def make_matvec(theta):
             return operators.kernel_matvec(
-                x, lengthscale=theta, noise=1e-1, block_size=min(1024, n)
+                x, lengthscale=theta, noise=1e-1, rows_per_block=min(1024, n)
             )
 
         theta0 = jnp.asarray(0.2)

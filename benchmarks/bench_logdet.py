@@ -50,7 +50,7 @@ def slq_logdet(params, x, key, depth, num_probes, batch_size):
         lengthscale=params["lengthscale"],
         variance=params["variance"],
         noise=params["noise"],
-        block_size=512,
+        rows_per_block=512,
     )
     est = matfree.logdet(
         mv,

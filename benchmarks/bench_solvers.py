@@ -97,7 +97,7 @@ def jax_problem(problem, n, mv, b, reps, *, methods, peers, grad_param=None, max
         kw = {k: v for k, v in kw0.items() if k not in ("tag", "nograd")}
         f = jax.jit(
             lambda b, method=method, kw=kw: matfree.solve(
-                mv, b, method=method, rtol=RTOL, maxiter=maxiter, **kw
+                mv, b, method=method, rtol=RTOL, maxiter=maxiter, throw=False, **kw
             )
         )
         sol, run, comp = timeit(lambda f=f: f(b), reps)
@@ -108,7 +108,13 @@ def jax_problem(problem, n, mv, b, reps, *, methods, peers, grad_param=None, max
             def loss(p, b, method=method, kw=kw, make=make):
                 return jnp.sum(
                     matfree.solve(
-                        make(p), b, method=method, rtol=RTOL, maxiter=maxiter, **kw
+                        make(p),
+                        b,
+                        method=method,
+                        rtol=RTOL,
+                        maxiter=maxiter,
+                        throw=False,
+                        **kw,
                     ).value
                 )
 
@@ -274,8 +280,8 @@ def kernel(n, reps, quick, *, mode="full"):
     P = precond.pivoted_cholesky(
         lambda i: operators.kernel_matrix(x[i][None], x, lengthscale=ls)[0],
         jnp.ones(n),
-        rank,
-        1e-2,
+        rank=rank,
+        shift=1e-2,
     )
     maxiter = 2000
     pre = ("cg", {"precond": P, "tag": f"pivchol{rank}"})
@@ -364,7 +370,13 @@ def least_squares(rows, cols, reps, quick):
     maxiter = 5000
     f = jax.jit(
         lambda b: matfree.solve(
-            lambda v: Aj @ v, b, method="lsqr", x0=x0, rtol=RTOL, maxiter=maxiter
+            lambda v: Aj @ v,
+            b,
+            method="lsqr",
+            x0=x0,
+            rtol=RTOL,
+            maxiter=maxiter,
+            throw=False,
         )
     )
     sol, run, comp = timeit(lambda: f(bj), reps)
@@ -372,7 +384,13 @@ def least_squares(rows, cols, reps, quick):
     def loss(s, b):
         return jnp.sum(
             matfree.solve(
-                lambda v: s * (Aj @ v), b, method="lsqr", x0=x0, rtol=RTOL, maxiter=maxiter
+                lambda v: s * (Aj @ v),
+                b,
+                method="lsqr",
+                x0=x0,
+                rtol=RTOL,
+                maxiter=maxiter,
+                throw=False,
             ).value
         )
 

@@ -84,12 +84,12 @@ def kernel_matvec(
     lengthscale=1.0,
     variance=1.0,
     noise=0.0,
-    block_size: int = 512,
+    rows_per_block: int = 512,
 ):
     """Return the matvec of `K + noise * I` with `K = kernel_matrix(x, x)`.
 
     The kernel matrix is never formed: rows are computed in blocks of
-    `block_size` (memory `O(block_size * n)`, also in the backward pass, where
+    `rows_per_block` (memory `O(rows_per_block * n)`, also in the backward pass, where
     blocks are recomputed). The matvec accepts a vector `(n,)` or a matrix
     `(n, m)` of right-hand sides, which share the kernel evaluations.
 
@@ -97,7 +97,7 @@ def kernel_matvec(
     --------
     >>> import jax, jax.numpy as jnp
     >>> x = jax.random.normal(jax.random.PRNGKey(0), (10, 2))
-    >>> mv = kernel_matvec(x, lengthscale=0.5, noise=0.1, block_size=4)
+    >>> mv = kernel_matvec(x, lengthscale=0.5, noise=0.1, rows_per_block=4)
     >>> K = kernel_matrix(x, x, lengthscale=0.5) + 0.1 * jnp.eye(10)
     >>> v = jnp.arange(10.0)
     >>> jnp.allclose(mv(v), K @ v)
@@ -111,10 +111,10 @@ def kernel_matvec(
         msg = f"`x` must have shape (n, d); got shape {x.shape}."
         raise ValueError(msg)
     n = x.shape[0]
-    block_size = min(_checks.check_int(block_size, "block_size"), n)
-    num_blocks = -(-n // block_size)
-    pad = num_blocks * block_size - n
-    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(num_blocks, block_size, -1)
+    rows_per_block = min(_checks.check_int(rows_per_block, "rows_per_block"), n)
+    num_blocks = -(-n // rows_per_block)
+    pad = num_blocks * rows_per_block - n
+    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(num_blocks, rows_per_block, -1)
 
     def matvec(v):
         @jax.checkpoint
@@ -127,7 +127,7 @@ def kernel_matvec(
             )
 
         out = jax.lax.map(rows, xb)
-        out = out.reshape((num_blocks * block_size, *v.shape[1:]))[:n]
+        out = out.reshape((num_blocks * rows_per_block, *v.shape[1:]))[:n]
         return out + noise * v
 
     return matvec

@@ -1,16 +1,18 @@
 r"""Preconditioners: approximate inverses of symmetric positive definite operators.
 
 Each preconditioner `P ≈ A` is a small `equinox.Module`, callable as
-`P(v) = P^{-1} v`, with `inv_sqrt(v) = P^{-1/2} v` and `logdet() = log det P`,
+`P(v) = P^{-1} v`, with `inverse(v) = P^{-1} v`, `sqrt(v) = P^{1/2} v`,
+`inv_sqrt(v) = P^{-1/2} v`, `matvec(v) = P v` and `logdet() = log det P`,
 so that it serves both `matfree.solve(..., precond=P)` and preconditioned
 log-determinants, `log det A = log det P + log det(P^{-1/2} A P^{-1/2})`.
-Vectors are flat arrays of shape `(n,)`.
+Every method accepts a vector `(n,)` or a block `(m, n)` of `m` vectors
+(rows), and is differentiable with respect to the preconditioner's arrays.
 
 - `jacobi(diagonal)` (`P = diag(A)`): cheap, for operators with a varying
   diagonal; `estimate_diagonal` gets the diagonal from matvecs.
-- `pivoted_cholesky(row_fn, diagonal, rank, noise)` (`P = L L^T + s I`): the
-  standard preconditioner for kernel matrices plus noise, built from `rank`
-  rows of the matrix.
+- `pivoted_cholesky(row_fn, diagonal, rank=, shift=)` (`P = L L^T + shift I`):
+  the standard preconditioner for kernel matrices plus noise, built from
+  `rank` rows of the matrix.
 - `nystrom(matvec, like, key=, rank=, shift=)`: a randomised Nyström
   approximation from `rank` matvecs, for operators with a decaying spectrum
   (plus a shift) whose rows are not available.
@@ -22,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks
+from matfree import _checks, _dense, _flat
 
 __all__ = [
     "Jacobi",
@@ -34,8 +36,21 @@ __all__ = [
 ]
 
 
+def _check_block(v, n: int, name: str = "v"):
+    """A vector `(n,)` or a block of rows `(m, n)`."""
+    if jnp.ndim(v) not in (1, 2) or jnp.shape(v)[-1] != n:
+        msg = (
+            f"`{name}` must be a vector of shape ({n},) or a block of rows (m, {n}); "
+            f"got shape {jnp.shape(v)}."
+        )
+        raise ValueError(msg)
+
+
 class Jacobi(eqx.Module):
-    """The diagonal preconditioner `P = diag(d)`, `d > 0`; see `jacobi`."""
+    """The diagonal preconditioner `P = diag(d)`, `d > 0`; see `jacobi`.
+
+    Every method accepts a vector `(n,)` or a block of rows `(m, n)`.
+    """
 
     diagonal: jax.Array
 
@@ -49,11 +64,27 @@ class Jacobi(eqx.Module):
             raise ValueError(msg)
 
     def __call__(self, v):
+        """`P^{-1} v` (the preconditioner)."""
+        return self.inverse(v)
+
+    def inverse(self, v):
         """`P^{-1} v`."""
+        _check_block(v, self.diagonal.shape[0])
         return v / self.diagonal
+
+    def matvec(self, v):
+        """`P v`."""
+        _check_block(v, self.diagonal.shape[0])
+        return v * self.diagonal
+
+    def sqrt(self, v):
+        """`P^{1/2} v`."""
+        _check_block(v, self.diagonal.shape[0])
+        return v * jnp.sqrt(self.diagonal)
 
     def inv_sqrt(self, v):
         """`P^{-1/2} v`."""
+        _check_block(v, self.diagonal.shape[0])
         return v / jnp.sqrt(self.diagonal)
 
     def logdet(self):
@@ -61,51 +92,135 @@ class Jacobi(eqx.Module):
         return jnp.sum(jnp.log(self.diagonal))
 
 
-class LowRank(eqx.Module):
-    r"""`P = U diag(values) U^T + complement (I - U U^T)` with orthonormal `U` (n, k).
+# f(P) = f(s) I + B phi(G) B^T for P = B B^T + s I and G = B^T B, with
+# phi(lam) = (f(s + lam) - f(s)) / lam. In terms of mu = lam / s,
+# phi(lam) = s^p psi(mu) with a fixed psi that is smooth at mu = 0 (no 0/0):
+#   f(x) = 1/x:      p = -2,   psi(mu) = -1 / (1 + mu)
+#   f(x) = x^(-1/2): p = -3/2, psi(mu) = -1 / (sqrt(1 + mu) (1 + sqrt(1 + mu)))
+#   f(x) = x^(1/2):  p = -1/2, psi(mu) = 1 / (1 + sqrt(1 + mu))
 
-    The form of the pivoted-Cholesky (`values = s^2 + noise`,
-    `complement = noise`) and the Nyström preconditioner (`values = lambda +
-    shift`, `complement = lambda_k + shift`). `P^{-1}`, `P^{-1/2}` and
-    `log det P` cost `O(n k)`.
+
+def _sqrt0(x):
+    """`sqrt(x)` for `x >= 0` with a zero (not infinite) gradient at 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+
+
+def _psi_inverse(mu):
+    return -1 / (1 + mu)
+
+
+def _psi_inv_sqrt(mu):
+    r = jnp.sqrt(1 + mu)
+    return -1 / (r * (1 + r))
+
+
+def _psi_sqrt(mu):
+    return 1 / (1 + jnp.sqrt(1 + mu))
+
+
+class LowRank(eqx.Module):
+    r"""The preconditioner `P = B B^T + s I` for a factor `B` (n, k) and a shift `s > 0`.
+
+    The form of the pivoted-Cholesky (`B = L`, `s = shift`) and the Nyström
+    preconditioner (see `nystrom`). Functions of `P` use the small Gram matrix
+    `G = B^T B` (k, k): `f(P) v = f(s) v + B phi(G) B^T v` with
+    `phi(lam) = (f(s + lam) - f(s)) / lam` evaluated as a symmetric matrix
+    function of `G` (an eigendecomposition with divided-difference
+    derivatives: no SVD, finite gradients at repeated or zero eigenvalues),
+    and `log det P = log det(I + G / s) + n log s`. Cost `O(n k + k^3)` per
+    application (`O(m n k)` for a block of `m` rows). Everything is
+    differentiable with respect to `factor` and `shift`.
+
+    Attributes
+    ----------
+    factor
+        `B`, shape `(n, k)`; its columns may be zero (e.g. past the
+        numerical rank of a pivoted Cholesky factor).
+    shift
+        `s`, a positive scalar of the dtype of `factor` (a Python number is
+        cast to it).
+    pivots
+        The pivot indices `(k,)` of `pivoted_cholesky`, in the order chosen;
+        `None` for a `LowRank` from another constructor.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> B = jnp.array([[1.0], [1.0]])
+    >>> P = LowRank(B, 1.0)  # P = [[2, 1], [1, 2]]
+    >>> P.matvec(jnp.array([1.0, 0.0]))
+    Array([2., 1.], dtype=float64)
+    >>> jnp.allclose(P.sqrt(P.sqrt(jnp.array([1.0, 0.0]))), jnp.array([2.0, 1.0]))
+    Array(True, dtype=bool)
+    >>> P(jnp.eye(2))  # rows of P^{-1}
+    Array([[ 0.66666667, -0.33333333],
+           [-0.33333333,  0.66666667]], dtype=float64)
+    >>> jnp.allclose(P.logdet(), jnp.log(3.0))
+    Array(True, dtype=bool)
     """
 
-    basis: jax.Array
-    values: jax.Array
-    complement: jax.Array
+    factor: jax.Array
+    shift: jax.Array
+    pivots: jax.Array | None = None
+
+    def __init__(self, factor, shift, pivots=None):
+        self.factor = jnp.asarray(factor)
+        if isinstance(shift, int | float):
+            shift = jnp.asarray(shift, self.factor.dtype)
+        self.shift = jnp.asarray(shift)
+        self.pivots = pivots
 
     def __check_init__(self):
-        U, d, s = self.basis, self.values, self.complement
-        if U.ndim != 2 or d.shape != (U.shape[1],) or jnp.ndim(s) != 0:
+        B, s = self.factor, self.shift
+        if B.ndim != 2 or jnp.ndim(s) != 0:
             msg = (
-                "`basis` must have shape (n, k), `values` shape (k,) and "
-                f"`complement` be a scalar; got {U.shape}, {d.shape}, {jnp.shape(s)}."
+                "`factor` must have shape (n, k) and `shift` be a scalar; got shapes "
+                f"{B.shape} and {jnp.shape(s)}."
             )
             raise ValueError(msg)
-        if not U.dtype == d.dtype == s.dtype:
+        if not jnp.issubdtype(B.dtype, jnp.floating) or B.dtype != s.dtype:
             msg = (
-                "`basis`, `values`, `complement` need one dtype; got "
-                f"{U.dtype}, {d.dtype}, {s.dtype}."
+                "`factor` and `shift` need one floating dtype; got "
+                f"{B.dtype} and {s.dtype}. Cast `shift` to the dtype of `factor`."
             )
             raise TypeError(msg)
 
-    def _apply(self, v, fn):
-        coef = self.basis.T @ v
-        rest = v - self.basis @ coef
-        return self.basis @ (fn(self.values) * coef) + fn(self.complement) * rest
+    def _funm(self, v, f_of_s, power, psi):
+        """`f(P) v = f(s) v + B (s^power psi(G / s)) B^T v`, v of shape (n,) or (m, n)."""
+        B, s = self.factor, self.shift
+        _check_block(v, B.shape[0])
+        M = s**power * _dense.funm_sym(psi, (B.T @ B) / s)
+        return f_of_s * v + ((v @ B) @ M) @ B.T
 
     def __call__(self, v):
+        """`P^{-1} v` (the preconditioner)."""
+        return self.inverse(v)
+
+    def inverse(self, v):
         """`P^{-1} v`."""
-        return self._apply(v, lambda x: 1 / x)
+        return self._funm(v, 1 / self.shift, -2, _psi_inverse)
 
     def inv_sqrt(self, v):
-        """`P^{-1/2} v`."""
-        return self._apply(v, jax.lax.rsqrt)
+        """`P^{-1/2} v` (the symmetric inverse square root)."""
+        return self._funm(v, jax.lax.rsqrt(self.shift), -1.5, _psi_inv_sqrt)
+
+    def sqrt(self, v):
+        """`P^{1/2} v` (the symmetric square root)."""
+        return self._funm(v, jnp.sqrt(self.shift), -0.5, _psi_sqrt)
+
+    def matvec(self, v):
+        """`P v`."""
+        B = self.factor
+        _check_block(v, B.shape[0])
+        return self.shift * v + (v @ B) @ B.T
 
     def logdet(self):
-        """`log det P`."""
-        n, k = self.basis.shape
-        return jnp.sum(jnp.log(self.values)) + (n - k) * jnp.log(self.complement)
+        """`log det P = log det(I + B^T B / s) + n log s`."""
+        B, s = self.factor, self.shift
+        n, k = B.shape
+        C = jnp.linalg.cholesky(jnp.eye(k, dtype=B.dtype) + (B.T @ B) / s)
+        return 2 * jnp.sum(jnp.log(jnp.diag(C))) + n * jnp.log(s)
 
 
 def jacobi(diagonal) -> Jacobi:
@@ -162,28 +277,24 @@ def estimate_diagonal(matvec, like, *, num_probes: int, key=None):
         num_probes = min(num_probes, n)
         Z = jnp.arange(n)[None, :] % num_probes == jnp.arange(num_probes)[:, None]
         Z = Z.astype(like.dtype)
-        return jnp.sum(Z * jax.vmap(matvec)(Z), axis=0)
+        return jnp.sum(Z * _flat.map_rows(matvec, ())(Z), axis=0)
     Z = jax.random.rademacher(key, (num_probes, n), dtype=like.dtype)
-    return jnp.mean(Z * jax.vmap(matvec)(Z), axis=0)
+    return jnp.mean(Z * _flat.map_rows(matvec, ())(Z), axis=0)
 
 
-def pivoted_cholesky(
-    row_fn, diagonal, rank: int, noise, *, return_pivots: bool = False
-) -> LowRank | tuple[LowRank, jax.Array]:
-    r"""Partial pivoted Cholesky preconditioner `P = L L^T + noise I` of `K + noise I`.
+def pivoted_cholesky(row_fn, diagonal, *, rank: int, shift) -> LowRank:
+    r"""Partial pivoted Cholesky preconditioner `P = L L^T + shift I` of `K + shift I`.
 
     Greedily picks the `rank` pivots with the largest remaining diagonal of
     the Schur complement (each index at most once) and builds `L` (n, rank)
     from the matrix rows at the pivots, so that `L L^T = K[:, S] K[S, S]^{-1}
-    K[S, :]` for the pivots `S`; `P^{-1}` is then applied via the thin SVD of
-    `L` (equivalent to the Woodbury identity). Once the remaining diagonal
-    falls to `eps * max(diagonal)` (numerical rank reached), further pivots
-    add zero columns to `L`; they are still distinct, taken in order of the
-    remaining diagonal. This is the standard preconditioner for Gaussian
-    process kernel matrices `K + noise I` with a decaying spectrum (Gardner
-    et al. 2018): with a modest rank it removes the large eigenvalues of
-    `K`, so CG converges in far fewer iterations. Cost: `rank` rows,
-    `O(n rank^2)`.
+    K[S, :]` for the pivots `S`. Once the remaining diagonal falls to
+    `eps * max(diagonal)` (numerical rank reached), further pivots add zero
+    columns to `L`; they are still distinct, taken in order of the remaining
+    diagonal. This is the standard preconditioner for Gaussian process kernel
+    matrices `K + noise I` with a decaying spectrum (Gardner et al. 2018):
+    with a modest rank it removes the large eigenvalues of `K`, so CG
+    converges in far fewer iterations. Cost: `rank` rows, `O(n rank^2)`.
 
     Parameters
     ----------
@@ -191,24 +302,19 @@ def pivoted_cholesky(
         `i -> K[i, :]` for a (traced) integer index `i`, shape `(n,)`; e.g.
         `lambda i: operators.kernel_matrix(x[i][None], x)[0]`.
     diagonal
-        The diagonal of `K`, shape `(n,)` (without the noise).
+        The diagonal of `K`, shape `(n,)` (without the shift).
     rank
         Number of pivots, a static int `1 <= rank <= n`.
-    noise
-        The shift `s > 0`.
-    return_pivots
-        Also return the pivot indices (e.g. to rebuild the factor
-        differentiably from `K[:, S]` and `K[S, S]`).
+    shift
+        The shift `s > 0` (for a GP, the noise variance).
 
     Returns
     -------
-    P
-        The preconditioner, a `LowRank` with `values = s_i^2 + noise` (`s_i`
-        the singular values of `L`) and `complement = noise`.
-    pivots
-        Only with `return_pivots=True` (then the tuple `(P, pivots)`): the
-        integer indices `S` (rank,) of the chosen rows, in the order chosen;
-        `pivots[0]` is the argmax of `diagonal`.
+    LowRank
+        `P` with `factor = L` (n, rank), `shift = s` and `pivots` the integer
+        indices `S` (rank,) of the chosen rows, in the order chosen
+        (`pivots[0]` is the argmax of `diagonal`); e.g. to rebuild the factor
+        differentiably from `K[:, S]` and `K[S, S]`.
 
     Examples
     --------
@@ -216,18 +322,16 @@ def pivoted_cholesky(
     >>> from matfree import operators
     >>> x = jnp.linspace(0, 1, 20)[:, None]
     >>> K = operators.kernel_matrix(x, x)
-    >>> P = pivoted_cholesky(lambda i: K[i], jnp.diag(K), 5, 1e-2)
+    >>> P = pivoted_cholesky(lambda i: K[i], jnp.diag(K), rank=5, shift=1e-2)
     >>> v = jnp.ones(20)
     >>> w = P(K @ v + 1e-2 * v)
     >>> bool(jnp.linalg.norm(w - v) < 1e-2 * jnp.linalg.norm(v))
     True
 
-    With the pivots (here the two ends of the grid come first):
+    The pivots (here the two ends of the grid come first):
 
-    >>> P, piv = pivoted_cholesky(lambda i: K[i], jnp.diag(K), 5, 1e-2,
-    ...                           return_pivots=True)
-    >>> piv.shape, [int(i) for i in piv[:2]]
-    ((5,), [0, 19])
+    >>> P.factor.shape, [int(i) for i in P.pivots[:2]]
+    ((20, 5), [0, 19])
 
     References
     ----------
@@ -252,7 +356,7 @@ def pivoted_cholesky(
             f"shape {row_shape.shape}."
         )
         raise ValueError(msg)
-    noise = jnp.asarray(noise, dtype)
+    shift = jnp.asarray(shift, dtype)
     tiny = jnp.finfo(dtype).eps * jnp.max(jnp.abs(diagonal))
 
     def step(j, carry):
@@ -270,11 +374,7 @@ def pivoted_cholesky(
     L0 = jnp.zeros((rank, n), dtype)
     init = (L0, diagonal.astype(dtype), jnp.zeros((n,), bool), jnp.zeros((rank,), int))
     L, _, _, pivots = jax.lax.fori_loop(0, rank, step, init)
-    U, s, _ = jnp.linalg.svd(L.T, full_matrices=False)
-    P = LowRank(U, s**2 + noise, noise)
-    if return_pivots:
-        return P, pivots
-    return P
+    return LowRank(L.T, shift, pivots)
 
 
 def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
@@ -282,8 +382,11 @@ def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
 
     Computes a stable rank-`rank` Nyström approximation `U diag(lam) U^T` of
     the PSD operator `A` from a Gaussian sketch (one batched matvec) and
-    returns `P` with `P^{-1} = (lam_k + shift) U (diag(lam) + shift)^{-1} U^T
-    + (I - U U^T)` (up to the scale `lam_k + shift`, which CG ignores). Use it
+    returns `P = U diag(lam + shift) U^T + (lam_k + shift) (I - U U^T)`,
+    i.e. the `LowRank` with `factor = U diag(lam - lam_k)^{1/2}` and
+    `shift = lam_k + shift` (so `P^{-1}` is, up to the scale `lam_k + shift`
+    which CG ignores, `(lam_k + shift) U (diag(lam) + shift)^{-1} U^T
+    + (I - U U^T)`). Use it
     for operators with a fast-decaying spectrum whose entries are not
     available (Hessians, Gauss–Newton matrices); choose `rank` above the
     number of eigenvalues larger than `shift`. If `A` already contains the
@@ -297,7 +400,7 @@ def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
     >>> A = matrices.symmetric_matrix_from_eigenvalues(jax.random.PRNGKey(0), lam)
     >>> key = jax.random.PRNGKey(1)
     >>> P = nystrom(lambda v: A @ v, jnp.zeros(20), key=key, rank=5, shift=1.0)
-    >>> M = jax.vmap(P)(A + jnp.eye(20)).T  # P^{-1} (A + I)
+    >>> M = P(A + jnp.eye(20)).T  # P^{-1} (A + I), applied to the rows
     >>> bool(jnp.linalg.cond(M) < 1.01)
     True
 
@@ -313,11 +416,12 @@ def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
         raise ValueError(msg)
     n = like.shape[0]
     dtype = like.dtype
+    _checks.check_key(key, "the sketch is random")
     rank = _checks.check_int(rank, "rank", maximum=n)
     shift = jnp.asarray(shift, dtype)
     Omega = jax.random.normal(key, (n, rank), dtype)
     Omega, _ = jnp.linalg.qr(Omega)
-    Y = jax.vmap(matvec, in_axes=1, out_axes=1)(Omega)
+    Y = _flat.map_rows(matvec, ())(Omega.T).T
     nu = jnp.sqrt(n) * jnp.finfo(dtype).eps * jnp.linalg.norm(Y)
     Y = Y + nu * Omega
     C = jnp.linalg.cholesky((Omega.T @ Y + Y.T @ Omega) / 2)
@@ -327,4 +431,5 @@ def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
     # The complement takes the smallest retained eigenvalue (Frangella et al.).
     complement = lam[-1] + shift
     complement = jnp.where(complement > 0, complement, jnp.finfo(dtype).tiny)
-    return LowRank(U, jnp.maximum(lam + shift, complement), complement)
+    gap = jnp.maximum(lam + shift, complement) - complement  # lam - lam_k, >= 0
+    return LowRank(U * _sqrt0(gap), complement)

@@ -108,7 +108,7 @@ def kernel_logdet(params, x, **kwargs):
         lengthscale=params["lengthscale"],
         variance=params["variance"],
         noise=params["noise"],
-        block_size=16,
+        rows_per_block=16,
     )
     return matfree.logdet(mv, jnp.zeros(x.shape[0]), **kwargs).estimate
 

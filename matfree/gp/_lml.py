@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, operators, slq, solvers
+from matfree import _checks, operators, precond, slq, solvers
 from matfree import status as _status
 from matfree.gp import _params
 from matfree.gp._operator import factor, kernel_operator, matmat_operator, preconditioner
@@ -204,16 +204,19 @@ def _iterative(
     args = (params, X, y, kernel, rows_per_block, P, rtol, maxiter)
     if gradient == "hutchinson":
         quad, trace_term, sol = _hutchinson(*args, key_solve, num_probes, piv)
-        ld_params = jax.lax.stop_gradient(params)
+        ld_params, P_ld = jax.lax.stop_gradient(params), P
     else:
         quad, sol = _adjoint_quad(*args)
         trace_term = 0.0
+        # log det A = log det P + log det(P^{-1/2} A P^{-1/2}) with a differentiable P:
+        # the exact log det P is the control variate of the value *and* the gradient.
         ld_params = params
+        P_ld = None if P is None else _differentiable(params, X, piv, kernel)
     matvec = kernel_operator(ld_params, X, kernel=kernel, rows_per_block=rows_per_block)
     if gradient == "hutchinson":
         matvec = matmat_operator(matvec)
     ld = slq.logdet(
-        matvec, y, key=key_logdet, depth=depth, num_probes=num_probes, precond=P
+        matvec, y, key=key_logdet, depth=depth, num_probes=num_probes, precond=P_ld
     )
     logdet = ld.estimate
     if gradient == "hutchinson":
@@ -244,49 +247,37 @@ def _hutchinson(
     params, X, y, kernel, rows_per_block, P, rtol, maxiter, key, num_probes, piv
 ):
     n = X.shape[0]
-    W = jax.random.rademacher(key, (n, num_probes), dtype=X.dtype)
-    if P is None:
-        Z, V = W, W
-    else:
-        # z = P^{1/2} w ~ N(0, P) (approximately, for Rademacher w); P^{-1} z = P^{-1/2} w.
-        Z = _lowrank_apply(P, W, jnp.sqrt)
-        V = _lowrank_apply(P, W, jax.lax.rsqrt)
+    W = jax.random.rademacher(key, (num_probes, n), dtype=X.dtype)
+    # z = P^{1/2} w ~ N(0, P) (approximately, for Rademacher w); P^{-1} z = P^{-1/2} w.
+    Z, V = (W, W) if P is None else (P.sqrt(W), P.inv_sqrt(W))
     stopped = jax.lax.stop_gradient(params)
     mv_stop = matmat_operator(
         kernel_operator(stopped, X, kernel=kernel, rows_per_block=rows_per_block)
     )
-    B = jnp.concatenate([jax.lax.stop_gradient(y)[:, None], Z], axis=1)
-    sol = solvers.solve(mv_stop, B, precond=P, rtol=rtol, maxiter=maxiter, batched=True)
+    rhs = jnp.concatenate([jax.lax.stop_gradient(y)[None], Z])  # (1 + num_probes, n)
+    sol = solvers.solve(
+        mv_stop, rhs, precond=P, rtol=rtol, maxiter=maxiter, batched=True, throw=False
+    )
     S = jax.lax.stop_gradient(sol.value)
-    alpha, U = S[:, 0], S[:, 1:]
+    alpha, U = S[0], S[1:]
     mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block)
-    KM = mv(jnp.concatenate([alpha[:, None], V], axis=1))
-    quad = 2 * alpha @ y - alpha @ KM[:, 0]
-    tr = jnp.sum(U * KM[:, 1:]) / num_probes
+    KM = mv(jnp.concatenate([alpha[None], V]).T).T  # one kernel matmat on columns
+    quad = 2 * alpha @ y - alpha @ KM[0]
+    tr = jnp.sum(U * KM[1:]) / num_probes
     if P is not None:
         # Control variate: log det P exactly minus its Hutchinson estimate with the
         # same probes, tr(P^{-1} dP) ≈ mean_i (P^{-1} z_i)^T dP (P^{-1} z_i).
-        B = factor(params, X, piv, kernel=kernel)
-        PV = B @ (B.T @ V) + params["noise"] * V
-        tr = tr - jnp.sum(V * PV) / num_probes + _logdet_lowrank(B, params["noise"])
+        P_diff = _differentiable(params, X, piv, kernel)
+        tr = tr - jnp.sum(V * P_diff.matvec(V)) / num_probes + P_diff.logdet()
     return quad, tr - jax.lax.stop_gradient(tr), sol
 
 
 def _adjoint_quad(params, X, y, kernel, rows_per_block, P, rtol, maxiter):
     mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block)
-    sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter)
+    sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
     return y @ sol.value, sol
 
 
-def _lowrank_apply(P, W, fn):
-    """`fn(P) W` for a `precond.LowRank` `P` and a block `W` (n, m)."""
-    coef = P.basis.T @ W
-    rest = W - P.basis @ coef
-    return P.basis @ (fn(P.values)[:, None] * coef) + fn(P.complement) * rest
-
-
-def _logdet_lowrank(B, noise):
-    """`log det(B B^T + noise I)` for `B` (n, k), differentiable."""
-    n, k = B.shape
-    M = B.T @ B + noise * jnp.eye(k, dtype=B.dtype)
-    return 2 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(M)))) + (n - k) * jnp.log(noise)
+def _differentiable(params, X, piv, kernel):
+    """`B B^T + noise I` at the same pivots, differentiable in `params`."""
+    return precond.LowRank(factor(params, X, piv, kernel=kernel), params["noise"])

@@ -19,7 +19,7 @@ def kernel_operator(params, X, *, kernel, rows_per_block):
         lengthscale=params["lengthscale"],
         variance=params["variance"],
         noise=params["noise"],
-        block_size=rows_per_block,
+        rows_per_block=rows_per_block,
     )
 
 
@@ -57,10 +57,7 @@ def pivots(params, X, *, kernel, rank):
         return operators.kernel_matrix(X[i][None], X, **kw)[0]
 
     diagonal = p["variance"] * jnp.ones(X.shape[0], X.dtype)
-    _, piv = precond.pivoted_cholesky(
-        row_fn, diagonal, rank, p["noise"], return_pivots=True
-    )
-    return piv
+    return precond.pivoted_cholesky(row_fn, diagonal, rank=rank, shift=p["noise"]).pivots
 
 
 def factor(params, X, piv, *, kernel):
@@ -91,6 +88,4 @@ def preconditioner(params, X, *, kernel, rank):
     # which the Hutchinson control variate subtracts; otherwise the trace estimate is
     # biased by `tr((P_B^{-1} - P^{-1}) dP_B)`. The two factors also differ past the
     # numerical rank (zero columns there vs the jittered solve).
-    B = factor(p, X, piv, kernel=kernel)
-    U, s, _ = jnp.linalg.svd(B, full_matrices=False)
-    return precond.LowRank(U, s**2 + p["noise"], p["noise"]), piv
+    return precond.LowRank(factor(p, X, piv, kernel=kernel), p["noise"]), piv

@@ -191,7 +191,7 @@ def _predict_iterative(
 
     mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block)
     P = preconditioner(p, X, kernel=kernel, rank=precond_rank)[0] if precond_rank else None
-    opts = {"precond": P, "rtol": rtol, "maxiter": maxiter}
+    opts = {"precond": P, "rtol": rtol, "maxiter": maxiter, "throw": False}
     sol = solvers.solve(mv, y, **opts)
     alpha = sol.value
     m = X_new.shape[0]
@@ -204,8 +204,8 @@ def _predict_iterative(
         mean = Ks @ alpha
         if not variance:
             return mean, mean, jnp.array(True)
-        S = solvers.solve(mv, Ks.T, batched=True, **opts)  # (n, bs)
-        var = p["variance"] - jnp.sum(Ks.T * S.value, axis=0)
+        S = solvers.solve(mv, Ks, batched=True, **opts)  # (bs, n)
+        var = p["variance"] - jnp.sum(Ks * S.value, axis=1)
         return mean, var, jnp.all(S.converged)
 
     mean, var, converged = jax.lax.map(one_chunk, Xb)

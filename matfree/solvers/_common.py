@@ -15,25 +15,19 @@ import jax
 import jax.numpy as jnp
 
 from matfree._flat import safe_norm
+from matfree.status import Status
 
-RUNNING = -1
-CONVERGED = 0
-MAXITER = 1
-BREAKDOWN = 2
-INDEFINITE = 3
-NONFINITE = 4
+RUNNING = -1  # internal: still iterating (reported as NOT_CONVERGED at the end)
+CONVERGED = Status.OK
+MAXITER = Status.NOT_CONVERGED
+BREAKDOWN = Status.BREAKDOWN
+INDEFINITE = Status.NOT_POSITIVE_DEFINITE
+NONFINITE = Status.NONFINITE
 
-STATUS_MESSAGES = (
-    "converged.",
-    "the solver did not converge within `maxiter` iterations; increase `maxiter`, "
-    "loosen `rtol`/`atol` or use a preconditioner.",
-    "the solver broke down (a division by zero in its recurrence, e.g. a "
-    "non-SPD preconditioner or a stagnating BiCGStab); try another `method`.",
-    "conjugate gradients met non-positive curvature `p^T A p <= 0`: the operator "
-    "(or the preconditioner) is not positive definite; use `method='minres'` "
-    "for symmetric indefinite operators.",
-    "non-finite values (NaN or inf) in `b`, `x0` or the operator's output.",
-)
+
+def to_status(flag):
+    """The `matfree.status` code of a final flag: `RUNNING` becomes `NOT_CONVERGED`."""
+    return jnp.where(flag == RUNNING, MAXITER, flag).astype(jnp.int32)
 
 
 class Raw(NamedTuple):

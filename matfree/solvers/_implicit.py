@@ -13,8 +13,8 @@ adjoint solve are scale invariant: every right-hand side is divided by its
 largest entry before the iteration, so tiny (or zero) cotangents give tiny
 (or zero) gradients, never NaN.
 
-The rule supports reverse mode only. `implicit=False` differentiates through
-the iterations instead (forward mode, higher derivatives; memory grows with
+The rule supports reverse mode only. `gradient="autodiff"` differentiates
+through the iterations instead (forward mode, higher derivatives; memory grows with
 `maxiter`).
 """
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from matfree import _flat, status
 from matfree.solvers import _common as c
 from matfree.solvers._bicgstab import bicgstab
 from matfree.solvers._cg import cg
@@ -47,14 +47,7 @@ class Spec(NamedTuple):
     history: bool
     x0_given: bool
     throw: bool
-    implicit: bool
-
-
-def block(fn, params, m):
-    """The flat matvec `fn(x, *params)` applied to every row of a block (m, n)."""
-    if m == 1:
-        return lambda X: fn(X[0], *params)[None]
-    return jax.vmap(lambda x: fn(x, *params))
+    gradient: str  # "adjoint" | "autodiff"
 
 
 def transpose(mv, like):
@@ -65,16 +58,15 @@ def transpose(mv, like):
 
 def solve_block(spec, fn, pfn, B, X0, like, params, pparams, tols):
     """Solve on a block `B` (m, n_b); returns `(X, num_steps, flag, history)`."""
-    if spec.implicit:
+    if spec.gradient == "adjoint":
         return _solve_implicit(spec, fn, pfn, B, X0, like, params, pparams, tols)
     return _forward(spec, fn, pfn, B, X0, like, params, pparams, tols, True)
 
 
 def _forward(spec, fn, pfn, B, X0, like, params, pparams, tols, differentiable):
     rtol, atol, damp = tols
-    m = B.shape[0]
-    mv = block(fn, params, m)
-    pc = None if pfn is None else block(pfn, pparams, m)
+    mv = _flat.map_rows(fn, params)
+    pc = None if pfn is None else _flat.map_rows(pfn, pparams)
     # Scale invariance: divide each column by its largest entry.
     s = jnp.max(jnp.abs(B), axis=1)
     s = jnp.where((s > 0) & jnp.isfinite(s), s, 1)
@@ -112,13 +104,13 @@ def _bwd(spec, fn, pfn, residuals, cotangents):
     X, B, X0, like, params, pparams, tols = residuals
     Xbar = cotangents[0]
     m = B.shape[0]
-    mv = block(fn, params, m)
-    adj = spec._replace(x0_given=False, history=False, implicit=True)
+    mv = _flat.map_rows(fn, params)
+    adj = spec._replace(x0_given=False, history=False, gradient="adjoint")
     if spec.method == "lsqr":
         damp = tols[2]
 
         def normal(x, *p):
-            A = block(fn, p, 1)
+            A = _flat.map_rows(fn, p)
             At = transpose(A, x[None])
             return At(A(x[None]))[0] + damp**2 * x
 
@@ -137,7 +129,7 @@ def _bwd(spec, fn, pfn, residuals, cotangents):
         R = B - mv(X)
 
         def both(*p):
-            return block(fn, p, 2 * m)(jnp.concatenate([Mu, X]))
+            return _flat.map_rows(fn, p)(jnp.concatenate([Mu, X]))
 
         AMuX, vjp = jax.vjp(both, *params)
         AMu = AMuX[:m]
@@ -152,15 +144,12 @@ def _bwd(spec, fn, pfn, residuals, cotangents):
         Lam, _, flag, _ = _forward(
             adj, fnT, pfnT, Xbar, None, Xbar, params, pparams, tols, False
         )
-        _, vjp = jax.vjp(lambda *p: block(fn, p, m)(X), *params)
+        _, vjp = jax.vjp(lambda *p: _flat.map_rows(fn, p)(X), *params)
         pbar = vjp(-Lam)
         Bbar = Lam
     if spec.throw:
-        Bbar = eqx.error_if(
-            Bbar,
-            jnp.any(flag != c.CONVERGED),
-            "the adjoint solve of the implicit gradient did not converge.",
-        )
+        # The adjoint solve of the gradient: the same status codes and messages.
+        Bbar = status.error_if(Bbar, c.to_status(flag))
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
     return Bbar, zeros(X0), zeros(like), tuple(pbar), zeros(pparams), zeros(tols)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _checks, _flat
+from matfree import _checks, _flat, status
 from matfree.solvers import _common as c
 from matfree.solvers import _implicit
 
@@ -20,32 +19,31 @@ METHODS = ("cg", "minres", "gmres", "bicgstab", "lsqr", "gcr")
 class Solution(NamedTuple):
     """The result of `matfree.solve`.
 
-    For `batched=True`, `value` has the shape of `b` (a trailing axis of
-    size `m`) and every other field has a leading axis of size `m`.
+    With `batched=True`, every field has a leading axis of size `m` (one
+    entry per right-hand side).
 
     Attributes
     ----------
     value
         The approximate solution `x`, shaped like `b` (like `x0` for a
         rectangular `"lsqr"` problem).
+    status
+        A `matfree.status.Status` code: `OK` (converged), `NOT_CONVERGED`
+        (`maxiter` reached), `BREAKDOWN` (a division by zero in the
+        recurrence: a non-SPD preconditioner, a stagnating BiCGStab, a
+        singular operator), `NOT_POSITIVE_DEFINITE` (CG met `p^T A p <= 0` and
+        stopped without taking the step; `value` is the last iterate) or
+        `NONFINITE` (NaN or inf in `b`, `x0` or the operator's output).
     converged
-        Whether the method's stopping test held: `|r| <= max(rtol |b|, atol)`
-        for the updated residual `r` of the recurrence; for `"lsqr"` also
-        `|A^T r - damp^2 x| <= rtol |A|_F |r|` (a least-squares solution).
+        `status == OK`: the method's stopping test held,
+        `|r| <= max(rtol |b|, atol)` for the updated residual `r` of the
+        recurrence; for `"lsqr"` also `|A^T r - damp^2 x| <= rtol |A|_F |r|`
+        (a least-squares solution).
     num_steps
         Iterations taken. One iteration is one matvec for CG, MINRES, GMRES
         (one Arnoldi step) and GCR, two for BiCGStab and LSQR (`A` and `A^T`).
     residual_norm
         `|b - A x|`, recomputed from `value` with one extra matvec.
-    status
-        `0` converged, `1` `maxiter` reached, `2` breakdown, `3` indefinite
-        operator (CG), `4` non-finite values.
-    breakdown
-        `status == 2`: a division by zero in the recurrence (e.g. a
-        non-SPD preconditioner, a stagnating BiCGStab, a singular operator).
-    indefinite
-        `status == 3`: CG met `p^T A p <= 0` and stopped without taking
-        the step; `value` is the last iterate.
     residual_history
         With `history=True`: residual norms of the recurrence, shape
         `(maxiter + 1,)`, entry `0` the initial residual, padded with NaN
@@ -53,13 +51,20 @@ class Solution(NamedTuple):
     """
 
     value: Any
+    status: jax.Array
     converged: jax.Array
     num_steps: jax.Array
     residual_norm: jax.Array
-    status: jax.Array
-    breakdown: jax.Array
-    indefinite: jax.Array
     residual_history: jax.Array | None
+
+
+class _Problem(NamedTuple):
+    """A solve on flat blocks: operator, preconditioner, block of right-hand sides."""
+
+    op: _flat.FlatOperator  # x (n_x,) -> A x (n_b,)
+    pop: _flat.FlatOperator | None  # the preconditioner on (n_b,)
+    B: jax.Array  # (m, n_b)
+    X0: jax.Array | None  # (m, n_x)
 
 
 def solve(
@@ -72,13 +77,13 @@ def solve(
     rtol=None,
     atol=0.0,
     maxiter: int | None = None,
-    throw: bool = False,
     symmetric: bool | None = None,
     restart: int = 30,
     damp=0.0,
     history: bool = False,
-    implicit: bool = True,
+    gradient: str = "adjoint",
     batched: bool = False,
+    throw: bool = True,
 ) -> Solution:
     r"""Solve `A x = b` (or `min |A x - b|`) with a Krylov method, matrix-free.
 
@@ -86,11 +91,11 @@ def solve(
     ----------
     matvec
         A JAX-traceable linear callable `v -> A v`. It may close over arrays;
-        gradients reach them (by implicit differentiation, see `implicit`).
+        gradients reach them (by implicit differentiation, see `gradient`).
     b
         Right-hand side: an array `(n,)` or a pytree of arrays of one floating
-        dtype. With `batched=True`, every leaf has a trailing axis of size
-        `m` (e.g. `b` of shape `(n, m)`): `m` systems solved together.
+        dtype. With `batched=True`, every leaf has a leading axis of size
+        `m` (e.g. `b` of shape `(m, n)`): `m` systems solved together.
     method
         `"cg"` (symmetric positive definite), `"minres"` (symmetric,
         possibly indefinite), `"gmres"` (general; restarted GMRES(`restart`)),
@@ -104,18 +109,14 @@ def solve(
         `"minres"`; applied on the right for `"gmres"`/`"bicgstab"`/`"gcr"`.
         Not supported for `"lsqr"`. The adjoint solve uses it too.
     x0
-        Initial guess, shaped like the solution (default zero). For a
+        Initial guess, shaped like the solution (default zero; with
+        `batched=True` with the same leading axis `m` as `b`). For a
         rectangular `"lsqr"` problem it is required: it gives the shape of `x`.
     rtol, atol
         Stop when `|b - A x| <= max(rtol |b|, atol)`. Default `rtol`: `1e-6`
         in float64, `1e-4` in float32 and `1e-2` in lower precision.
     maxiter
         Static bound on the number of iterations; default `10 n`.
-    throw
-        Raise (via `equinox.error_if`) on non-convergence, breakdown, an
-        indefinite operator in CG or non-finite values, also when the adjoint
-        solve of the gradient does not converge. Without it, these are
-        reported in the `Solution` fields.
     symmetric
         Declare whether `A` is symmetric. `False` with `"cg"` or `"minres"`
         is an error. (Symmetry is not checked numerically.)
@@ -127,16 +128,24 @@ def solve(
         the correction `x - x0` (as in `scipy.sparse.linalg.lsqr`).
     history
         Record the residual norm after every iteration.
-    implicit
-        Differentiate by an adjoint solve (memory independent of the number
-        of iterations; reverse mode only). `False` differentiates through the
-        iterations (forward mode and higher derivatives; memory grows with
-        `maxiter`, as the loop runs to `maxiter` with frozen steps).
+    gradient
+        `"adjoint"` (default): differentiate by an adjoint solve (implicit
+        differentiation; memory independent of the number of iterations;
+        reverse mode only, `jax.jvp` raises a `TypeError`). `"autodiff"`:
+        differentiate through the iterations (forward mode and higher
+        derivatives; memory grows with `maxiter`, as the loop runs to
+        `maxiter` with frozen steps).
     batched
-        Solve for `m` right-hand sides, stacked along a trailing axis of `b`,
-        in one loop with one batched matvec per step (the matvec is `vmap`-ed
-        over the columns, which lets e.g. a kernel matvec share its kernel
-        evaluations). Each column stops on its own tolerance.
+        Solve `m` systems whose right-hand sides are stacked along a leading
+        axis of `b` (shape `(m, n)`), in one loop with one batched matvec per
+        step (the matvec is `vmap`-ed over the rows, which lets e.g. a kernel
+        matvec share its kernel evaluations). Each row stops on its own
+        tolerance; every field of the `Solution` gets the leading axis `m`.
+    throw
+        With `True` (default), a non-zero `status` raises (via
+        `matfree.status.error_if`, attached to every field of the result, also
+        under `jit`); the adjoint solve of the gradient raises likewise if it
+        does not converge. With `False`, inspect `status` yourself.
 
     Returns
     -------
@@ -152,10 +161,38 @@ def solve(
     Array(True, dtype=bool)
     >>> bool(sol.converged), int(sol.num_steps)
     (True, 2)
+
+    Two right-hand sides along a leading axis:
+
+    >>> B = jnp.array([[1.0, 2.0], [0.0, 1.0]])
+    >>> sol = matfree.solve(lambda v: A @ v, B, batched=True)
+    >>> sol.value.shape, sol.num_steps.shape
+    ((2, 2), (2,))
     """
-    if not isinstance(method, str) or method not in METHODS:
-        msg = f"`method` must be one of {METHODS}; got method={method!r}."
-        raise ValueError(msg)
+    _check_options(method, symmetric, gradient)
+    problem = _flatten_problem(matvec, b, x0, precond, method=method, batched=batched)
+    n_x = problem.op.size
+    dtype = problem.op.dtype
+    maxiter = _checks.check_int(10 * n_x if maxiter is None else maxiter, "maxiter")
+    restart = min(_checks.check_int(restart, "restart"), n_x)
+    tols = _tolerances(rtol, atol, damp, dtype)
+    spec = _implicit.Spec(
+        method, maxiter, restart, bool(history), x0 is not None, bool(throw), gradient
+    )
+    X, num_steps, flag, hist = _run(spec, problem, tols)
+    result = _result(problem, X, num_steps, flag, hist, maxiter)
+    if throw:
+        result = status.error_if(result, result.status)
+    if batched:
+        return result._replace(value=_flat.unravel_rows(problem.op, result.value))
+    return jax.tree_util.tree_map(lambda x: x[0], result)._replace(
+        value=problem.op.unravel(result.value[0])
+    )
+
+
+def _check_options(method, symmetric, gradient):
+    _checks.check_choice(method, "method", METHODS)
+    _checks.check_gradient(gradient, allowed=("adjoint", "autodiff"))
     if symmetric is False and method in _implicit.SYMMETRIC:
         msg = (
             f"`method={method!r}` needs a symmetric operator, but `symmetric=False` "
@@ -163,102 +200,110 @@ def solve(
             "non-symmetric operators."
         )
         raise ValueError(msg)
-    _checks.check_callable(matvec)
-    dtype = _checks.check_floating_vector(b, "b")
-    b_ex, m, stack = _unbatch(b, "b", batched)
 
+
+def _flatten_problem(matvec, b, x0, precond, *, method, batched) -> _Problem:
+    """Validate the operator, `b`, `x0` and `precond`; flatten them to blocks."""
+    _checks.check_callable(matvec)
+    _checks.check_floating_vector(b, "b")
+    b_ex, stack = _unbatch(b, "b", batched)
     if method == "lsqr":
         if precond is not None:
             msg = "`precond` is not supported by `method='lsqr'`; pass `precond=None`."
             raise ValueError(msg)
         x_ex = b_ex if x0 is None else _unbatch(x0, "x0", batched)[0]
-        fn, params, unravel_x, n_x = _flatten_rect(matvec, b_ex, x_ex, dtype)
-        unravel_b = jax.flatten_util.ravel_pytree(b_ex)[1]
+        # Without `x0`, `x` is shaped like `b` (a square least-squares problem).
+        _, op = _flat.flatten(matvec, x_ex, name="x0", out_like=b_ex, out_name="b")
     else:
         _, op = _flat.flatten(matvec, b_ex, name="b")
-        fn, params, unravel_x, n_x = op.fn, op.params, op.unravel, op.size
-        unravel_b = op.unravel
         if x0 is not None:
             _check_like(x0, b, "x0", "b")
-    pfn, pparams = None, ()
+    pop = None
     if precond is not None:
-        _checks.check_operator(precond, b_ex, name="b", matvec_name="precond")
-        pflat, _ = jax.flatten_util.ravel_pytree(b_ex)
+        _, pop = _flat.flatten(precond, b_ex, name="b", matvec_name="precond")
+    B = stack(b)
+    X0 = None if x0 is None else stack(x0)
+    if X0 is not None and X0.shape[0] != B.shape[0]:
+        msg = (
+            f"`x0` and `b` must have the same batch size; got {X0.shape[0]}, {B.shape[0]}."
+        )
+        raise ValueError(msg)
+    return _Problem(op, pop, B, X0)
 
-        def pmv(x):
-            return jax.flatten_util.ravel_pytree(precond(unravel_b(x)))[0]
 
-        pfn, pparams = jax.closure_convert(pmv, pflat)
-        pparams = tuple(pparams)
-
-    maxiter = _checks.check_int(10 * n_x if maxiter is None else maxiter, "maxiter")
-    restart = min(_checks.check_int(restart, "restart"), n_x)
+def _tolerances(rtol, atol, damp, dtype):
     if rtol is None:
         rtol = {8: 1e-6, 4: 1e-4}.get(jnp.dtype(dtype).itemsize, 1e-2)
     rtol = _nonnegative(rtol, "rtol", dtype)
     atol = _nonnegative(atol, "atol", dtype)
     damp = _nonnegative(damp, "damp", dtype)
+    return rtol, atol, damp
 
-    B = stack(b)
-    X0 = None if x0 is None else stack(x0)
-    like = jnp.zeros((m, n_x), dtype) if X0 is None else X0
-    spec = _implicit.Spec(
-        method, maxiter, restart, bool(history), X0 is not None, bool(throw), bool(implicit)
-    )
-    X, num_steps, flag, hist = _implicit.solve_block(
-        spec, fn, pfn, B, X0, like, tuple(params), pparams, (rtol, atol, damp)
-    )
-    R = B - _implicit.block(fn, params, m)(X)
+
+def _run(spec, problem, tols):
+    """The solve on the flat block, with the differentiation rule of `spec.gradient`."""
+    op, pop, B, X0 = problem
+    m = B.shape[0]
+    like = jnp.zeros((m, op.size), op.dtype) if X0 is None else X0
+    pfn, pparams = (None, ()) if pop is None else (pop.fn, tuple(pop.params))
+    args = (spec, op.fn, pfn, B, X0, like, tuple(op.params), pparams, tols)
+    try:
+        return _implicit.solve_block(*args)
+    except TypeError as err:
+        if "forward-mode" not in str(err):
+            raise
+        msg = (
+            "`jax.jvp` (forward mode) cannot differentiate `solve` with "
+            "`gradient='adjoint'` (implicit differentiation, reverse mode only); "
+            'pass `gradient="autodiff"` to differentiate through the iterations.'
+        )
+        raise TypeError(msg) from err
+
+
+def _result(problem, X, num_steps, flag, hist, maxiter) -> Solution:
+    """The `Solution` on the flat block (every field with the leading axis m)."""
+    R = problem.B - problem.op.rows(X)
     res = c.norm(R)
-    status = jnp.where(flag == c.RUNNING, c.MAXITER, flag).astype(jnp.int32)
-    status = jnp.where(jnp.isfinite(res) | (status != 0), status, c.NONFINITE)
+    code = c.to_status(flag)
+    code = jnp.where(jnp.isfinite(res) | (code != 0), code, status.Status.NONFINITE)
+    code = code.astype(jnp.int32)
     if hist is not None:
         steps = jnp.arange(maxiter + 1)
         hist = jnp.where(steps[None, :] <= num_steps[:, None], hist, jnp.nan)
-    if throw:
-        X = eqx.branched_error_if(X, status != 0, jnp.max(status), c.STATUS_MESSAGES)
-    if batched:
-        value = jax.vmap(unravel_x, in_axes=0, out_axes=-1)(X)
-        sq = slice(None)
-    else:
-        value = unravel_x(X[0])
-        sq = 0
     return Solution(
-        value=value,
-        converged=(status == c.CONVERGED)[sq],
-        num_steps=num_steps[sq],
-        residual_norm=res[sq],
-        status=status[sq],
-        breakdown=(status == c.BREAKDOWN)[sq],
-        indefinite=(status == c.INDEFINITE)[sq],
-        residual_history=None if hist is None else hist[sq],
+        value=X,
+        status=code,
+        converged=code == status.Status.OK,
+        num_steps=num_steps,
+        residual_norm=res,
+        residual_history=hist,
     )
 
 
 def _unbatch(v, name, batched):
-    """Return `(one_vector, m, stack)`; `stack(v)` gives the flat block (m, n)."""
+    """Return `(one_vector, stack)`; `stack(v)` gives the flat block (m, n)."""
     if not batched:
 
         def stack1(v):
             return jax.flatten_util.ravel_pytree(v)[0][None]
 
-        return v, 1, stack1
+        return v, stack1
     leaves = jax.tree_util.tree_leaves(v)
     if any(jnp.ndim(x) < 1 for x in leaves):
         msg = (
-            f"`{name}` must have a trailing batch axis on every leaf when "
-            "`batched=True` (e.g. shape (n, m) for m right-hand sides)."
+            f"`{name}` must have a leading batch axis on every leaf when "
+            "`batched=True` (e.g. shape (m, n) for m right-hand sides)."
         )
         raise ValueError(msg)
-    m = jnp.shape(leaves[0])[-1]
-    if any(jnp.shape(x)[-1] != m for x in leaves):
-        msg = f"all leaves of `{name}` must have the same trailing batch size; got {m}."
+    m = jnp.shape(leaves[0])[0]
+    if any(jnp.shape(x)[0] != m for x in leaves):
+        msg = f"all leaves of `{name}` must have the same leading batch size; got {m}."
         raise ValueError(msg)
 
     def stack(v):
-        return jax.vmap(lambda u: jax.flatten_util.ravel_pytree(u)[0], in_axes=-1)(v)
+        return jax.vmap(lambda u: jax.flatten_util.ravel_pytree(u)[0])(v)
 
-    return jax.tree_util.tree_map(lambda x: x[..., 0], v), m, stack
+    return jax.tree_util.tree_map(lambda x: x[0], v), stack
 
 
 def _check_like(x0, b, name, other):
@@ -274,41 +319,6 @@ def _check_like(x0, b, name, other):
             f"{[(jnp.shape(v), str(jnp.result_type(v))) for v in l1]}."
         )
         raise ValueError(msg)
-
-
-def _flatten_rect(matvec, b, x, dtype):
-    """Flatten a possibly rectangular operator `x -> A x` with `A x` like `b`."""
-    xdtype = _checks.check_floating_vector(x, "x0")
-    if xdtype != dtype:
-        msg = f"`x0` must have the dtype of `b` ({dtype}); got {xdtype}."
-        raise TypeError(msg)
-    try:
-        out = jax.eval_shape(matvec, x)
-    except Exception as err:
-        msg = (
-            f"`matvec` could not be applied to a vector shaped like `x0` (or `b` "
-            f"when `x0` is None): {type(err).__name__}: {err}. For a rectangular "
-            "operator pass `x0` (e.g. zeros) to give the shape of `x`."
-        )
-        raise ValueError(msg) from err
-    shapes_out = [(leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(out)]
-    shapes_b = [
-        (jnp.shape(leaf), jnp.result_type(leaf)) for leaf in jax.tree_util.tree_leaves(b)
-    ]
-    same_tree = jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(b)
-    if not same_tree or shapes_out != shapes_b:
-        msg = (
-            f"`matvec(x)` must be shaped like `b`; got {shapes_out} for `b` "
-            f"{shapes_b}. Check the shapes of `b` and `x0`."
-        )
-        raise ValueError(msg)
-    xflat, unravel_x = jax.flatten_util.ravel_pytree(x)
-
-    def mv(v):
-        return jax.flatten_util.ravel_pytree(matvec(unravel_x(v)))[0]
-
-    fn, params = jax.closure_convert(mv, xflat)
-    return fn, list(params), unravel_x, xflat.shape[0]
 
 
 def _nonnegative(value, name, dtype):

@@ -104,7 +104,7 @@ def test_lanczos_gradient_of_kernel_lengthscale_matches_dense():
     v = jax.random.normal(jax.random.PRNGKey(2), (n,))
 
     def via_lanczos(ell, v):
-        mv = operators.kernel_matvec(x, lengthscale=ell, noise=0.5, block_size=8)
+        mv = operators.kernel_matvec(x, lengthscale=ell, noise=0.5, rows_per_block=8)
         res = decomp.lanczos(mv, v, n)
         return res.init_norm**2 * _dense.funm_sym(jnp.log, res.tridiag())[0, 0]
 

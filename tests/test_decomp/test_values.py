@@ -159,7 +159,7 @@ def test_vmap_over_operator_parameters():
 
 def test_kernel_operator_matches_dense():
     x = jax.random.uniform(jax.random.PRNGKey(0), (70, 2))
-    mv = operators.kernel_matvec(x, lengthscale=0.3, noise=0.1, block_size=16)
+    mv = operators.kernel_matvec(x, lengthscale=0.3, noise=0.1, rows_per_block=16)
     K = operators.kernel_matrix(x, x, lengthscale=0.3) + 0.1 * jnp.eye(70)
     a = decomp.lanczos(mv, jnp.ones(70), 10)
     b = decomp.lanczos(lambda v: K @ v, jnp.ones(70), 10)

@@ -52,9 +52,19 @@ def dense_solve(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("method", "implicit", "maxiter"))
+@functools.partial(jax.jit, static_argnames=("method", "gradient", "maxiter", "throw"))
 def solve_and_grad(
-    A, b, w, rtol=None, x0=None, damp=0.0, *, method, implicit=True, maxiter=None
+    A,
+    b,
+    w,
+    rtol=None,
+    x0=None,
+    damp=0.0,
+    *,
+    method,
+    gradient="adjoint",
+    maxiter=None,
+    throw=False,
 ):
     """`solve(A, b)` and the gradients of `w^T x` w.r.t. every entry of `A` and `b`.
 
@@ -69,8 +79,9 @@ def solve_and_grad(
             rtol=rtol,
             x0=x0,
             damp=damp,
-            implicit=implicit,
+            gradient=gradient,
             maxiter=maxiter,
+            throw=throw,
         )
         return jnp.dot(w, sol.value), sol
 

@@ -1,5 +1,6 @@
 """Trace-time errors: every message names the argument and the fix."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -84,10 +85,39 @@ def test_lsqr_rectangular_needs_x0_and_no_precond():
 
 
 def test_batched_needs_trailing_axis():
-    with pytest.raises(ValueError, match="trailing batch axis"):
+    with pytest.raises(ValueError, match="leading batch axis"):
         matfree.solve(mv, jnp.float64(1.0), batched=True)
 
 
 def test_precond_of_wrong_shape():
     with pytest.raises(ValueError, match="`precond` must map a vector to a vector"):
         matfree.solve(mv, jnp.ones(4), precond=lambda v: v[:2])
+
+
+def test_unknown_gradient():
+    with pytest.raises(
+        ValueError, match=r"`gradient` must be one of \('adjoint', 'autodiff'\)"
+    ):
+        matfree.solve(mv, jnp.ones(4), gradient="implicit")
+    with pytest.raises(ValueError, match="`gradient='hutchinson'` is not available"):
+        matfree.solve(mv, jnp.ones(4), gradient="hutchinson")
+
+
+def test_forward_mode_through_the_adjoint_names_autodiff():
+    def f(t):
+        return matfree.solve(lambda v: t * v, jnp.ones(4)).value
+
+    with pytest.raises(TypeError, match='gradient="autodiff"'):
+        jax.jvp(f, (2.0,), (1.0,))
+    # `gradient="autodiff"` supports it
+    _, dx = jax.jvp(
+        lambda t: matfree.solve(lambda v: t * v, jnp.ones(4), gradient="autodiff").value,
+        (2.0,),
+        (1.0,),
+    )
+    assert jnp.allclose(dx, -jnp.ones(4) / 4)
+
+
+def test_batched_x0_needs_the_batch_size_of_b():
+    with pytest.raises(ValueError, match="`x0` must have the structure"):
+        matfree.solve(mv, jnp.ones((2, 4)), x0=jnp.ones((3, 4)), batched=True)

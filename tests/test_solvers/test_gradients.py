@@ -29,15 +29,15 @@ def _matrix(method, theta):
 METHODS = ["cg", "minres", "gmres", "bicgstab", "gcr", "lsqr"]
 
 
-def _loss(method, implicit, rtol=1e-12):
+def _loss(method, gradient, rtol=1e-12):
     w = jnp.cos(jnp.arange(N))
     # The loop reference runs to `maxiter` (frozen after convergence): keep it short.
-    maxiter = None if implicit else 2 * N
+    maxiter = None if gradient == "adjoint" else 2 * N
 
     def loss(theta, b):
         A = _matrix(method, theta)
         sol = matfree.solve(
-            lambda v: A @ v, b, method=method, rtol=rtol, implicit=implicit, maxiter=maxiter
+            lambda v: A @ v, b, method=method, rtol=rtol, gradient=gradient, maxiter=maxiter
         )
         return jnp.dot(w, sol.value)
 
@@ -49,25 +49,25 @@ def _dense_loss(method):
     return lambda theta, b: jnp.dot(w, jnp.linalg.solve(_matrix(method, theta), b))
 
 
-def _theta_and_matrix_gradients(method, implicit):
+def _theta_and_matrix_gradients(method, gradient):
     """Gradients w.r.t. every entry of `A(theta)` and `b`, and by the chain rule
     w.r.t. `theta` (`dA/dtheta = diag(arange(N) / N)`)."""
     A = _matrix(method, 0.3)
     b = jnp.sin(jnp.arange(N) + 1.0)
     w = jnp.cos(jnp.arange(N))
     # The loop reference runs to `maxiter` (frozen after convergence): keep it short.
-    maxiter = None if implicit else 2 * N
+    maxiter = None if gradient == "adjoint" else 2 * N
     _, gA, gb = solve_and_grad(
-        A, b, w, 1e-12, method=method, implicit=implicit, maxiter=maxiter
+        A, b, w, 1e-12, method=method, gradient=gradient, maxiter=maxiter
     )
     return jnp.dot(jnp.diag(gA), jnp.arange(N) / N), gA, gb
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_implicit_gradient_matches_dense_and_loop(method):
+def test_adjoint_gradient_matches_dense_and_loop(method):
     b = jnp.sin(jnp.arange(N) + 1.0)
     theta = 0.3
-    g = _theta_and_matrix_gradients(method, True)
+    g = _theta_and_matrix_gradients(method, "adjoint")
     g_dense = jax.grad(_dense_loss(method), argnums=(0, 1))(theta, b)
     assert jnp.allclose(g[0], g_dense[0], rtol=1e-7)
     assert jnp.allclose(g[2], g_dense[1], rtol=1e-7, atol=1e-10)
@@ -80,7 +80,7 @@ def test_implicit_gradient_matches_dense_and_loop(method):
         jnp.linalg.norm(gA_dense)
     )
     if method in ("cg", "gmres"):
-        g_loop = _theta_and_matrix_gradients(method, False)
+        g_loop = _theta_and_matrix_gradients(method, "autodiff")
         assert jnp.allclose(g[0], g_loop[0], rtol=1e-7)
         assert jnp.allclose(g[2], g_loop[2], rtol=1e-7, atol=1e-10)
         # CG through the loop is differentiable only along symmetric directions
@@ -94,13 +94,13 @@ def test_implicit_gradient_matches_dense_and_loop(method):
 def test_check_grads_reverse_mode(method):
     b = jnp.sin(jnp.arange(N) + 1.0)
     # jitted: the many evaluations of `check_grads` share one compile
-    loss = jax.jit(_loss(method, True))
+    loss = jax.jit(_loss(method, "adjoint"))
     check_grads(loss, (0.3, b), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
-def test_implicit_false_supports_forward_mode():
+def test_autodiff_gradient_supports_forward_mode():
     b = jnp.sin(jnp.arange(N) + 1.0)
-    f = _loss("cg", False)
+    f = _loss("cg", "autodiff")
     jvp = jax.jit(lambda t: jax.jvp(lambda t: f(t, b), (t,), (1.0,))[1])(0.3)
     assert jnp.allclose(jvp, jax.grad(_dense_loss("cg"))(0.3, b), rtol=1e-7)
 
@@ -130,12 +130,15 @@ def test_gradient_reaches_kernel_parameters_with_preconditioner():
     x = jax.random.normal(jax.random.PRNGKey(0), (40, 2))
     b = jnp.sin(x[:, 0])
     P = precond.pivoted_cholesky(
-        lambda i: operators.kernel_matrix(x[i][None], x)[0], jnp.ones(40), 8, 1e-2
+        lambda i: operators.kernel_matrix(x[i][None], x)[0],
+        jnp.ones(40),
+        rank=8,
+        shift=1e-2,
     )
 
     def loss(params, b):
         ls, noise = params
-        mv = operators.kernel_matvec(x, lengthscale=ls, noise=noise, block_size=20)
+        mv = operators.kernel_matvec(x, lengthscale=ls, noise=noise, rows_per_block=20)
         return jnp.sum(matfree.solve(mv, b, precond=P, rtol=1e-12).value ** 2)
 
     def dense(params, b):
@@ -154,7 +157,7 @@ def test_gradient_reaches_kernel_parameters_with_preconditioner():
 
 def test_batched_gradient_matches_vmap_of_dense():
     A0 = matrices.spd_matrix(jax.random.PRNGKey(3), N, 50.0)
-    B = jnp.cos(jnp.arange(N * 3.0)).reshape(N, 3)
+    B = jnp.cos(jnp.arange(N * 3.0)).reshape(3, N)  # 3 right-hand sides (rows)
 
     def loss(s, B):
         A = A0 + s * jnp.eye(N)
@@ -163,7 +166,7 @@ def test_batched_gradient_matches_vmap_of_dense():
         )
 
     def dense(s, B):
-        return jnp.sum(jnp.linalg.solve(A0 + s * jnp.eye(N), B) ** 2)
+        return jnp.sum(jnp.linalg.solve(A0 + s * jnp.eye(N), B.T) ** 2)
 
     g = jax.jit(jax.grad(loss, argnums=(0, 1)))(0.5, B)
     gd = jax.grad(dense, argnums=(0, 1))(0.5, B)

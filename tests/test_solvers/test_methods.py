@@ -54,7 +54,6 @@ def test_float64_matches_dense_solve(method):
     expected = jnp.linalg.solve(A, b)
     assert bool(sol.converged)
     assert int(sol.status) == 0
-    assert not bool(sol.breakdown) and not bool(sol.indefinite)
     assert 0 < int(sol.num_steps) <= 10 * N
     # The true residual is recomputed; allow rounding drift of the recurrence.
     assert float(sol.residual_norm) <= 10 * rtol * float(jnp.linalg.norm(b))
@@ -106,18 +105,19 @@ def test_batched_right_hand_sides_share_one_loop(method):
     # residual sits at the tolerance after 51 steps and they differ by one.
     n = 40
     A = MATRICES[method](jnp.float64, n)
-    B = _rhs(jnp.float64, (n, 3)) * jnp.array([1.0, 1e-3, 1e3])
-    B = B.at[:, 1].set(0.0)  # a zero column converges in zero steps
+    B = _rhs(jnp.float64, (n, 3)).T * jnp.array([1.0, 1e-3, 1e3])[:, None]
+    B = B.at[1].set(0.0)  # a zero right-hand side converges in zero steps
     sol = dense_solve(A, B, 1e-10, method=method, batched=True)
-    assert sol.value.shape == (n, 3)
+    assert sol.value.shape == (3, n)
     assert sol.num_steps.shape == sol.converged.shape == sol.residual_norm.shape == (3,)
+    assert sol.status.shape == (3,)
     assert bool(jnp.all(sol.converged))
     assert int(sol.num_steps[1]) == 0
-    assert jnp.allclose(sol.value, jnp.linalg.solve(A, B), rtol=1e-6, atol=1e-12)
-    # the same as separate solves, column by column
-    one = dense_solve(A, B[:, 2], 1e-10, method=method)
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, B.T).T, rtol=1e-6, atol=1e-12)
+    # the same as separate solves, row by row
+    one = dense_solve(A, B[2], 1e-10, method=method)
     assert int(one.num_steps) == int(sol.num_steps[2])
-    assert jnp.allclose(one.value, sol.value[:, 2], rtol=1e-12)
+    assert jnp.allclose(one.value, sol.value[2], rtol=1e-12)
 
 
 def test_batched_counts_one_batched_matvec_per_step():
@@ -128,7 +128,7 @@ def test_batched_counts_one_batched_matvec_per_step():
         calls.append(v.shape)
         return A @ v
 
-    B = _rhs(jnp.float64, (N, 4))
+    B = _rhs(jnp.float64, (N, 4)).T
     jax.make_jaxpr(lambda B: matfree.solve(matvec, B, batched=True).value)(B)
     # Traced: shape check, loop body, final residual -- every call on one vector
     # under vmap, never a Python loop over the 4 columns.
@@ -203,3 +203,16 @@ def test_zero_right_hand_side_gives_zero():
         assert bool(sol.converged)
         assert int(sol.num_steps) == 0
         assert bool(jnp.all(sol.value == 0))
+
+
+def test_batched_every_field_has_the_leading_axis():
+    A = _spd(jnp.float64)
+    B = _rhs(jnp.float64, (N, 2)).T
+    X0 = jnp.zeros((2, N))
+    sol = dense_solve(A, B, 1e-8, X0, batched=True, history=True)
+    for name, field in sol._asdict().items():
+        assert field.shape[0] == 2, name
+    assert sol.residual_history.shape == (2, 10 * N + 1)
+    one = dense_solve(A, B[1], 1e-8, X0[1], history=True)
+    # a matmul and a matvec round differently: compare the first steps only
+    assert jnp.allclose(one.residual_history[:10], sol.residual_history[1, :10], rtol=1e-8)
