@@ -72,7 +72,7 @@ def time_exp(mv, v, t, k, s, symmetric, repeats):
     fn = jax.jit(
         lambda v: matfree.exp_action(
             mv, v, t=t, depth=k, num_substeps=s, symmetric=symmetric, throw=False
-        )
+        ).value
     )
     t0 = time.perf_counter()
     out = fn(v).block_until_ready()
@@ -141,7 +141,7 @@ def run(nx, t_norms, depths, repeats, rows, curves, extra, extra_depths=()):
         def loss(v, coef, k=k, t=t, s=s):
             mv = laplace_2d((nx, nx), scale=-coef / h**2)
             out = matfree.exp_action(mv, v, t=t, depth=k, num_substeps=s, symmetric=True)
-            return jnp.sum(out**2)
+            return jnp.sum(out.value**2)
 
         val = jax.jit(loss)
         vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks
+from matfree import _adjoint, _checks
 from matfree._flat import safe_norm
 from matfree.decomp import _krylov
 
@@ -112,7 +112,7 @@ def arnoldi(
     V0, op, unravel_batch = _krylov.flatten_block(matvec, v0, batched)
     depth = _checks.check_depth(depth, op.size)
     impl = _arnoldi_adjoint if gradient == "adjoint" else _arnoldi_impl
-    out = _krylov.call(impl, gradient, op.fn, depth, V0, op.params)
+    out = _adjoint.call(impl, gradient, op.fn, depth, V0, op.params)
     Q, H, r, c, num_steps, status = out
     result = ArnoldiResult(
         basis=unravel_batch(Q),

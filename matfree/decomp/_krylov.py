@@ -51,25 +51,6 @@ def flatten_block(matvec, v0, batched):
     return V0, op, unravel_batch
 
 
-def call(impl, gradient, *args):
-    """Run `impl` (the adjoint or the plain loop) and explain a forward-mode error.
-
-    JAX refuses `jax.jvp` through a `custom_vjp`; the message then names the
-    keyword that switches to differentiating through the loop.
-    """
-    try:
-        return impl(*args)
-    except TypeError as err:
-        if gradient == "adjoint" and "forward-mode" in str(err):
-            msg = (
-                '`gradient="adjoint"` supports reverse mode only (jax.grad, jax.vjp); '
-                "for forward mode (jax.jvp, jax.jacfwd, higher derivatives) pass "
-                '`gradient="autodiff"`.'
-            )
-            raise TypeError(msg) from err
-        raise
-
-
 def finish(result, *, zero, batched, throw):
     """Mark a decomposition of a zero start vector as NaN; attach `throw`.
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks
+from matfree import _adjoint, _checks
 from matfree._flat import safe_norm
 from matfree.decomp import _krylov
 
@@ -130,7 +130,7 @@ def lanczos(
     V0, op, unravel_batch = _krylov.flatten_block(matvec, v0, batched)
     depth = _checks.check_depth(depth, op.size)
     impl = _lanczos_adjoint if gradient == "adjoint" else _lanczos_impl
-    out = _krylov.call(impl, gradient, op.fn, depth, bool(reortho), V0, op.params)
+    out = _adjoint.call(impl, gradient, op.fn, depth, bool(reortho), V0, op.params)
     Q, a, b, r, c, num_steps, status = out
     result = LanczosResult(
         basis=unravel_batch(Q),

@@ -213,6 +213,6 @@ def _sample(p, X, key, kernel, num_samples, depth, block_size):
     Z = jax.random.normal(key, shape, X.dtype)
 
     def one(z):
-        return funm.sqrt_action(mv, z, depth=depth)
+        return funm.sqrt_action(mv, z, depth=depth).value
 
     return one(Z) if num_samples is None else jax.lax.map(one, Z)

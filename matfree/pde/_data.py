@@ -97,7 +97,7 @@ def _advance(k, u, dt, depth, num_substeps, operator, batched):
     def one(u):
         return _solve.solve(
             k, u, dt, depth=depth, num_substeps=num_substeps, operator=operator
-        )
+        ).value
 
     return jax.vmap(one)(u) if batched else one(u)
 
