@@ -70,9 +70,11 @@ def problem(nx):
 def time_exp(mv, v, t, k, s, symmetric, repeats):
     """Compile, run and time one `exp_action` configuration: (output, run s, compile s)."""
     fn = jax.jit(
-        lambda v: matfree.exp_action(
-            mv, v, t=t, depth=k, num_substeps=s, symmetric=symmetric, throw=False
-        ).value
+        lambda v: (
+            matfree.exp_action(
+                mv, v, t=t, depth=k, num_substeps=s, symmetric=symmetric, throw=False
+            ).value
+        )
     )
     t0 = time.perf_counter()
     out = fn(v).block_until_ready()
