@@ -2,7 +2,7 @@
 
 For a matrix-free 2-D stencil operator and a blocked RBF kernel operator,
 times (median of repeats, compile separately) and XLA's peak-memory estimate
-of: the forward decomposition; the gradient with the adjoint (`custom_vjp`);
+of: the forward decomposition; the gradient with the adjoint (`gradient="adjoint"`);
 the gradient by autodiff through the loop. The differentiated quantity is the
 Lanczos quadrature `|v|^2 e1^T log(T) e1` (a spectral quantity), w.r.t. the
 operator's parameter and the start vector.
@@ -51,9 +51,9 @@ def make_problem(kind, n):
     return make_matvec, theta0, v0
 
 
-def spectral(make_matvec, depth, custom_vjp):
+def spectral(make_matvec, depth, gradient):
     def f(theta, v0):
-        res = decomp.lanczos(make_matvec(theta), v0, depth, custom_vjp=custom_vjp)
+        res = decomp.lanczos(make_matvec(theta), v0, depth=depth, gradient=gradient)
         return res.init_norm**2 * _dense.funm_sym(jnp.log, res.tridiag())[0, 0]
 
     return f
@@ -64,8 +64,8 @@ def run(configs, repeats):
     for kind, n, depths in configs:
         make_matvec, theta0, v0 = make_problem(kind, n)
         for depth in depths:
-            f_adj = spectral(make_matvec, depth, True)
-            f_loop = spectral(make_matvec, depth, False)
+            f_adj = spectral(make_matvec, depth, "adjoint")
+            f_loop = spectral(make_matvec, depth, "autodiff")
             fns = {
                 "forward": f_adj,
                 "grad (adjoint)": jax.grad(f_adj, argnums=(0, 1)),

@@ -70,8 +70,10 @@ def problem(nx):
 def time_exp(mv, v, t, k, s, symmetric, repeats):
     """Compile, run and time one `exp_action` configuration: (output, run s, compile s)."""
     fn = jax.jit(
-        lambda v: matfree.exp_action(
-            mv, v, t=t, depth=k, num_substeps=s, symmetric=symmetric, throw=False
+        lambda v: (
+            matfree.exp_action(
+                mv, v, t=t, depth=k, num_substeps=s, symmetric=symmetric, throw=False
+            ).value
         )
     )
     t0 = time.perf_counter()
@@ -141,7 +143,7 @@ def run(nx, t_norms, depths, repeats, rows, curves, extra, extra_depths=()):
         def loss(v, coef, k=k, t=t, s=s):
             mv = laplace_2d((nx, nx), scale=-coef / h**2)
             out = matfree.exp_action(mv, v, t=t, depth=k, num_substeps=s, symmetric=True)
-            return jnp.sum(out**2)
+            return jnp.sum(out.value**2)
 
         val = jax.jit(loss)
         vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))

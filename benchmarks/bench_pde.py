@@ -108,7 +108,7 @@ def scipy_matrix(k):
 
 def krylov(depth, substeps):
     def solve(k, u0):
-        return pde.solve(k, u0, T, depth=depth, num_substeps=substeps)
+        return pde.solve(k, u0, T, depth=depth, num_substeps=substeps).value
 
     return solve, depth * substeps + 2
 

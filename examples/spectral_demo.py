@@ -59,7 +59,7 @@ def main():
         t0 = time.perf_counter()
         res = jax.jit(
             lambda v, d=depth: decomp.lanczos(
-                operators.laplace_2d(shape, scale=s, shift=1.0), v, d
+                operators.laplace_2d(shape, scale=s, shift=1.0), v, depth=d
             )
         )(v0)
         ritz = jnp.linalg.eigvalsh(res.tridiag())
@@ -75,7 +75,7 @@ def main():
     def logdet(s, key):
         probes = jax.random.rademacher(key, (args.probes, n), dtype=float)
         mv = operators.laplace_2d(shape, scale=s, shift=1.0)
-        res = decomp.lanczos(mv, probes, args.depth, batched=True)
+        res = decomp.lanczos(mv, probes, depth=args.depth, batched=True)
         quad = _dense.funm_sym(jnp.log, res.tridiag())[:, 0, 0] * res.init_norm**2
         return jnp.mean(quad), jnp.std(quad) / jnp.sqrt(args.probes)
 
@@ -114,7 +114,7 @@ def main():
     res = decomp.lanczos(
         operators.laplace_2d(shape, scale=s, shift=1.0),
         jax.random.rademacher(key, (8, n), dtype=float),
-        args.depth,
+        depth=args.depth,
         batched=True,
     )
     w, V = jnp.linalg.eigh(res.tridiag())

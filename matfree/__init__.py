@@ -14,12 +14,13 @@ from matfree import (
     status,
     stochtrace,
 )
-from matfree.funm import exp_action, funm_action, sqrt_action
+from matfree.funm import FunmResult, exp_action, funm_action, sqrt_action
 from matfree.slq import logdet, trace_funm
 from matfree.solvers import Solution, solve
 from matfree.stochtrace import trace
 
 __all__ = [
+    "FunmResult",
     "Solution",
     "decomp",
     "eig",

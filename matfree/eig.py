@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from matfree import _checks, _flat, decomp, stochtrace
+from matfree import _checks, _flat, decomp, status, stochtrace
+from matfree.status import Status
 
 __all__ = ["Eigenpairs", "SpectralDensity", "extreme", "spectral_density"]
 
@@ -39,7 +39,10 @@ class Eigenpairs(NamedTuple):
     num_matvecs
         Products with the operator (`depth`).
     status
-        Lanczos status: `0` ok, `1` zero start vector, `2` non-finite values.
+        A `matfree.status.Status` code: `OK`; `ZERO_VECTOR` (`v0` is zero;
+        all other fields but `num_matvecs` are NaN or False); `NONFINITE`
+        (NaN or inf in `v0` or the operator's output; NaN results);
+        `NOT_CONVERGED` (some pair misses `tol`; the values are returned).
     """
 
     eigenvalues: jax.Array
@@ -68,6 +71,9 @@ class SpectralDensity(NamedTuple):
         total over all probes averages to 1.
     smoothing
         The Gaussian standard deviation used.
+    status
+        A `matfree.status.Status` code: `OK` or `NONFINITE` (NaN or inf in the
+        operator's output or the density; the density is then NaN).
     """
 
     grid: jax.Array
@@ -75,17 +81,19 @@ class SpectralDensity(NamedTuple):
     nodes: jax.Array
     weights: jax.Array
     smoothing: jax.Array
+    status: jax.Array
 
 
 def extreme(
     matvec,
     v0,
     *,
-    k: int,
+    num_eigenpairs: int,
     depth: int,
     which: str = "largest",
     tol=None,
-    throw: bool = False,
+    gradient: str = "adjoint",
+    throw: bool = True,
 ) -> Eigenpairs:
     r"""A few extreme eigenpairs of a symmetric operator by the Lanczos method.
 
@@ -105,8 +113,8 @@ def extreme(
     v0
         The start vector (array or pytree). A random vector is a good choice;
         it must not be orthogonal to the wanted eigenvectors.
-    k
-        Number of eigenpairs, a static int with `1 <= k <= depth`.
+    num_eigenpairs
+        Number of eigenpairs `k`, a static int with `1 <= k <= depth`.
     depth
         Krylov depth, a static int with `1 <= depth <= n`.
     which
@@ -114,8 +122,14 @@ def extreme(
     tol
         Relative residual tolerance of `converged`: `|A y - θ y| <= tol |θ|_max`.
         Default `sqrt(eps)` of the dtype.
+    gradient
+        How the Lanczos decomposition is differentiated: `"adjoint"` (default,
+        reverse mode, memory `O(n depth)`) or `"autodiff"` (through the loop;
+        forward mode too). See `matfree.decomp.lanczos`.
     throw
-        Raise if some pair did not converge or the iteration failed.
+        If `True` (default), a non-zero `status` (a pair did not converge, a
+        zero start vector, non-finite values) raises via
+        `matfree.status.error_if`, also under `jit`, whichever field is read.
 
     Returns
     -------
@@ -137,20 +151,22 @@ def extreme(
     --------
     >>> import jax.numpy as jnp
     >>> d = jnp.linspace(0.0, 1.0, 100).at[-2:].set(jnp.array([2.0, 3.0]))
-    >>> res = extreme(lambda v: d * v, jnp.ones(100), k=2, depth=30)
+    >>> res = extreme(lambda v: d * v, jnp.ones(100), num_eigenpairs=2, depth=30)
     >>> jnp.round(res.eigenvalues, 10), res.converged
     (Array([3., 2.], dtype=float64), Array([ True,  True], dtype=bool))
     """
     _checks.check_callable(matvec)
     _, op = _flat.flatten(matvec, v0, name="v0")
     depth = _checks.check_depth(depth, op.size)
-    k = _checks.check_int(k, "k", maximum=depth)
-    if which not in ("largest", "smallest"):
-        msg = f'`which` must be "largest" or "smallest"; got {which!r}.'
-        raise ValueError(msg)
-    res = decomp.lanczos(matvec, v0, depth)
+    k = _checks.check_int(num_eigenpairs, "num_eigenpairs", maximum=depth)
+    _checks.check_choice(which, "which", ("largest", "smallest"))
+    gradient = _checks.check_gradient(gradient, allowed=("adjoint", "autodiff"))
+    res = decomp.lanczos(matvec, v0, depth=depth, gradient=gradient, throw=False)
+    failed = res.status != Status.OK
+    # Keep eigh away from NaN (zero or non-finite v0); the outputs become NaN.
+    T = jnp.where(failed, jnp.eye(depth, dtype=op.dtype), res.tridiag())
     Q = jax.vmap(lambda q: jax.flatten_util.ravel_pytree(q)[0])(res.basis)
-    theta, S = jnp.linalg.eigh(res.tridiag())
+    theta, S = jnp.linalg.eigh(T)
     if which == "largest":
         theta, S = theta[::-1], S[:, ::-1]
     theta, S = theta[:k], S[:, :k]
@@ -159,18 +175,12 @@ def extreme(
     if tol is None:
         tol = jnp.sqrt(jnp.finfo(op.dtype).eps)
     scale = jnp.max(jnp.abs(theta))
-    converged = resid <= tol * scale
-    status = res.status
-    if throw:
-        theta = eqx.error_if(
-            theta,
-            ~jnp.all(converged),
-            "some Ritz pairs did not converge; increase `depth`.",
-        )
-        theta = eqx.error_if(
-            theta, status != 0, "the Lanczos iteration failed (see `status`)."
-        )
-    return Eigenpairs(theta, _flat.unravel_rows(op, Y), resid, converged, depth, status)
+    converged = (resid <= tol * scale) & ~failed
+    theta, Y, resid = (jnp.where(failed, jnp.nan, x) for x in (theta, Y, resid))
+    code = status.first((failed, res.status), (~jnp.all(converged), Status.NOT_CONVERGED))
+    vectors = _flat.unravel_rows(op, Y)
+    result = Eigenpairs(theta, vectors, resid, converged, depth, code)
+    return status.error_if(result, code) if throw else result
 
 
 def spectral_density(
@@ -183,6 +193,7 @@ def spectral_density(
     grid=256,
     smoothing=None,
     probes: str = "rademacher",
+    throw: bool = True,
 ) -> SpectralDensity:
     r"""Estimate the spectral density of a symmetric operator by Lanczos quadrature.
 
@@ -214,6 +225,9 @@ def spectral_density(
         the width of the estimated spectrum.
     probes
         `"rademacher"` (default) or `"gaussian"`.
+    throw
+        If `True` (default), a non-zero `status` (non-finite values) raises via
+        `matfree.status.error_if`, also under `jit`, whichever field is read.
 
     Returns
     -------
@@ -242,9 +256,7 @@ def spectral_density(
     n = op.size
     depth = _checks.check_depth(depth, n)
     num_probes = _checks.check_int(num_probes, "num_probes")
-    if probes not in ("rademacher", "gaussian"):
-        msg = f'`probes` must be "rademacher" or "gaussian"; got {probes!r}.'
-        raise ValueError(msg)
+    _checks.check_choice(probes, "probes", ("rademacher", "gaussian"))
     stochtrace.check_key(key, probes)
     if isinstance(grid, int) and not isinstance(grid, bool):
         num_points = _checks.check_int(grid, "grid", minimum=2)
@@ -255,8 +267,11 @@ def spectral_density(
             msg = f"`grid` must be an int or a 1-D array of points; got shape {grid.shape}."
             raise ValueError(msg)
     Z = stochtrace.sample_probes(key, num_probes, n, kind=probes, dtype=op.dtype)
-    res = decomp.lanczos(op, Z, depth, batched=True)
-    nodes, S = jnp.linalg.eigh(res.tridiag())
+    res = decomp.lanczos(op, Z, depth=depth, batched=True, throw=False)
+    finite = jnp.all(res.status == Status.OK)
+    # Keep the (batched) eigh away from NaN; the density becomes NaN below.
+    T = jnp.where(finite, res.tridiag(), jnp.eye(depth, dtype=op.dtype))
+    nodes, S = jnp.linalg.eigh(T)
     weights = (res.init_norm**2 / n)[:, None] * S[:, 0, :] ** 2
     lo, hi = jnp.min(nodes), jnp.max(nodes)
     if smoothing is None:
@@ -267,4 +282,8 @@ def spectral_density(
     u = (grid[:, None] - nodes.reshape(-1)[None, :]) / smoothing
     kern = jnp.exp(-0.5 * u**2) / (smoothing * jnp.sqrt(2 * jnp.pi))
     density = kern @ weights.reshape(-1) / num_probes
-    return SpectralDensity(grid, density, nodes, weights, smoothing)
+    finite = finite & jnp.all(jnp.isfinite(density))
+    density = jnp.where(finite, density, jnp.nan)
+    code = status.first((~finite, Status.NONFINITE))
+    result = SpectralDensity(grid, density, nodes, weights, smoothing, code)
+    return status.error_if(result, code) if throw else result

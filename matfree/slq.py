@@ -362,7 +362,7 @@ def _lanczos_f(f, op, depth, Zb):
     there, so `f(T)` stays finite and their contributions, scaled by
     `|z| = 0`, vanish; their Ritz values are ignored.
     """
-    res = decomp.lanczos(op, Zb, depth, batched=True)
+    res = decomp.lanczos(op, Zb, depth=depth, batched=True, throw=False)
     started = res.init_norm > 0
     eye = jnp.eye(depth, dtype=res.diag.dtype)
     T = jnp.where(started[:, None, None], res.tridiag(), eye)

@@ -125,13 +125,13 @@ t = 0.005
 
 def loss_of(depth, substeps):
     def f(k):
-        return jnp.sum(w * pde.solve(k, x0, t, depth=depth, num_substeps=substeps))
+        return jnp.sum(w * pde.solve(k, x0, t, depth=depth, num_substeps=substeps).value)
 
     return jax.jit(jax.value_and_grad(f))
 
 
 def solution_of(depth, substeps):
-    return jax.jit(lambda k: pde.solve(k, x0, t, depth=depth, num_substeps=substeps))
+    return jax.jit(lambda k: pde.solve(k, x0, t, depth=depth, num_substeps=substeps).value)
 
 
 ref_depth = min(N * N, 80)

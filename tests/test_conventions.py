@@ -39,23 +39,11 @@ GRADIENTS = ("adjoint", "autodiff", "hutchinson")
 # xfail: when a verb is fixed its entry must be deleted, and the list must end
 # empty. Nothing may be added to it.
 DRIFT = {
-    "test_keywords_follow_the_conventions[matfree.decomp._arnoldi.arnoldi]",
-    "test_keywords_follow_the_conventions[matfree.decomp._lanczos.lanczos]",
-    "test_keywords_follow_the_conventions[matfree.eig.extreme]",
-    "test_keywords_follow_the_conventions[matfree.funm._action.funm_action]",
-    "test_keywords_follow_the_conventions[matfree.funm._action.sqrt_action]",
-    "test_keywords_follow_the_conventions[matfree.funm._exp.exp_action]",
-    "test_keywords_follow_the_conventions[matfree.pde._solve.solve]",
     "test_keywords_follow_the_conventions[matfree.slq.logdet]",
     "test_keywords_follow_the_conventions[matfree.slq.trace_funm]",
     "test_keywords_follow_the_conventions[matfree.stochtrace.diagonal]",
     "test_keywords_follow_the_conventions[matfree.stochtrace.sample_probes]",
     "test_keywords_follow_the_conventions[matfree.stochtrace.trace]",
-    "test_verbs_that_throw_return_a_result_with_status[matfree.funm._action.funm_action]",
-    "test_verbs_that_throw_return_a_result_with_status[matfree.funm._action.sqrt_action]",
-    "test_verbs_that_throw_return_a_result_with_status[matfree.funm._exp.exp_action]",
-    "test_verbs_that_throw_return_a_result_with_status[matfree.pde._solve.solve]",
-    "test_results_name_their_single_output_value[matfree.funm._common.FunmInfo]",
     "test_results_name_their_single_output_value[matfree.slq.SLQEstimate]",
     "test_results_name_their_single_output_value[matfree.stochtrace.DiagonalEstimate]",
     "test_results_name_their_single_output_value[matfree.stochtrace.TraceEstimate]",

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from matfree import eig, matrices
+from matfree.status import Status
 
 N = 80
 # Well-separated extremes, a cluster in the middle.
@@ -24,9 +25,17 @@ def matrix(dtype=jnp.float64):
 V0 = jax.random.normal(jax.random.PRNGKey(1), (N,))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "depth", "which"))
-def extreme_of(A, v0, *, k, depth, which="largest", tol=None):
-    return eig.extreme(lambda v: A @ v, v0, k=k, depth=depth, which=which, tol=tol)
+@functools.partial(jax.jit, static_argnames=("k", "depth", "which", "throw"))
+def extreme_of(A, v0, *, k, depth, which="largest", tol=None, throw=True):
+    return eig.extreme(
+        lambda v: A @ v,
+        v0,
+        num_eigenpairs=k,
+        depth=depth,
+        which=which,
+        tol=tol,
+        throw=throw,
+    )
 
 
 @pytest.mark.parametrize("which", ["largest", "smallest"])
@@ -50,7 +59,8 @@ def test_extreme_pairs_match_eigh(which):
 
 def test_unconverged_pairs_are_flagged():
     A = matrix()
-    res = extreme_of(A, V0, k=4, depth=12, tol=1e-8)
+    res = extreme_of(A, V0, k=4, depth=12, tol=1e-8, throw=False)
+    assert int(res.status) == Status.NOT_CONVERGED
     w = jnp.linalg.eigvalsh(A)[::-1]
     # The two outliers converge, the cluster edge does not at this depth.
     assert bool(res.converged[0]) and not bool(res.converged[3])
@@ -58,7 +68,7 @@ def test_unconverged_pairs_are_flagged():
     # Ritz values lie inside the spectrum (interlacing).
     assert jnp.all(res.eigenvalues <= w[:4] + 1e-12)
     with pytest.raises(Exception, match="did not converge"):
-        eig.extreme(lambda v: A @ v, V0, k=4, depth=12, tol=1e-8, throw=True)
+        eig.extreme(lambda v: A @ v, V0, num_eigenpairs=4, depth=12, tol=1e-8)
 
 
 def test_gradient_of_largest_eigenvalue():
@@ -89,7 +99,7 @@ def test_vmap_over_start_vectors_and_pytrees():
         y = A @ x
         return {"a": y[:50], "b": y[50:]}
 
-    res = eig.extreme(mv, like, k=1, depth=40)
+    res = eig.extreme(mv, like, num_eigenpairs=1, depth=40)
     assert res.eigenvectors["a"].shape == (1, 50)
     assert jnp.allclose(res.eigenvalues[0], 8.0)
 
@@ -159,14 +169,19 @@ def _mv(v):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"k": 0}, ValueError, "`k` must be at least 1"),
-        ({"k": 6}, ValueError, "`k` must be at least 1 and at most 5"),
+        ({"num_eigenpairs": 0}, ValueError, "`num_eigenpairs` must be at least 1"),
+        (
+            {"num_eigenpairs": 6},
+            ValueError,
+            "`num_eigenpairs` must be at least 1 and at most 5",
+        ),
         ({"depth": 11}, ValueError, r"`depth` must satisfy 1 <= depth <= n = 10"),
-        ({"which": "middle"}, ValueError, '`which` must be "largest" or "smallest"'),
+        ({"which": "middle"}, ValueError, "`which` must be one of"),
+        ({"gradient": "implicit"}, ValueError, "`gradient` must be one of"),
     ],
 )
 def test_extreme_errors(kwargs, error, match):
-    kwargs = {"k": 2, "depth": 5, **kwargs}
+    kwargs = {"num_eigenpairs": 2, "depth": 5, **kwargs}
     with pytest.raises(error, match=match):
         eig.extreme(_mv, jnp.ones(10), **kwargs)
 
@@ -176,7 +191,7 @@ def test_extreme_errors(kwargs, error, match):
     [
         ({"num_probes": 0}, ValueError, "`num_probes` must be at least 1"),
         ({"depth": 0}, ValueError, r"`depth` must satisfy"),
-        ({"probes": "unit"}, ValueError, '`probes` must be "rademacher" or "gaussian"'),
+        ({"probes": "unit"}, ValueError, "`probes` must be one of"),
         ({"key": None}, TypeError, "`key` is required"),
         ({"grid": jnp.zeros((2, 2))}, ValueError, "`grid` must be an int or a 1-D array"),
         ({"grid": 1}, ValueError, "`grid` must be at least 2"),
@@ -191,8 +206,57 @@ def test_density_errors(kwargs, error, match):
 def test_like_must_match_operator():
     A = jnp.eye(5)
     with pytest.raises(ValueError, match="`matvec` could not be applied to `v0`"):
-        eig.extreme(lambda v: A @ v, jnp.ones(4), k=1, depth=2)
+        eig.extreme(lambda v: A @ v, jnp.ones(4), num_eigenpairs=1, depth=2)
     with pytest.raises(ValueError, match="`matvec` could not be applied to `like`"):
         eig.spectral_density(
             lambda v: A @ v, jnp.ones(4), key=jax.random.PRNGKey(0), depth=2, num_probes=1
         )
+
+
+def test_zero_start_vector_is_nan_and_zero_vector():
+    A = matrix()
+    res = eig.extreme(lambda v: A @ v, jnp.zeros(N), num_eigenpairs=2, depth=5, throw=False)
+    assert int(res.status) == Status.ZERO_VECTOR
+    assert bool(jnp.all(jnp.isnan(res.eigenvalues)))
+    assert bool(jnp.all(jnp.isnan(res.eigenvectors)))
+    assert not bool(jnp.any(res.converged))
+
+    @jax.jit
+    def vectors(v):
+        return eig.extreme(lambda x: A @ x, v, num_eigenpairs=2, depth=5).eigenvectors
+
+    with pytest.raises(Exception, match="start vector is zero"):
+        jax.block_until_ready(vectors(jnp.zeros(N)))
+
+
+def test_spectral_density_reports_nonfinite_values():
+    def run(throw):
+        return eig.spectral_density(
+            lambda v: v * jnp.nan,
+            jnp.zeros(10),
+            key=jax.random.PRNGKey(0),
+            depth=3,
+            num_probes=2,
+            grid=jnp.linspace(0.0, 1.0, 5),
+            smoothing=0.1,
+            throw=throw,
+        )
+
+    sd = run(False)
+    assert int(sd.status) == Status.NONFINITE
+    assert bool(jnp.all(jnp.isnan(sd.density)))
+    with pytest.raises(Exception, match="non-finite"):
+        jax.block_until_ready(jax.jit(lambda: run(True).density)())
+
+
+def test_extreme_gradient_autodiff_agrees_with_adjoint():
+    A = matrix()
+
+    def f(t, gradient):
+        M = A + t * jnp.eye(N)
+        mv = lambda v: M @ v  # noqa: E731
+        res = eig.extreme(mv, V0, num_eigenpairs=1, depth=40, gradient=gradient)
+        return res.eigenvalues[0]
+
+    assert jnp.allclose(jax.grad(f)(0.1, "adjoint"), 1.0, rtol=1e-8)
+    assert jnp.allclose(jax.grad(f)(0.1, "autodiff"), 1.0, rtol=1e-8)

@@ -9,6 +9,7 @@ from jax.test_util import check_grads
 
 import matfree
 from matfree import matrices
+from matfree.status import Status
 
 KEY = jax.random.PRNGKey(3)
 N = 30
@@ -37,7 +38,7 @@ def rel(a, b):
 def test_symmetric_full_depth_is_exact(f, orth, vec):
     theta = jnp.logspace(-1, 1, N)
     A = (orth * theta) @ orth.T
-    out = matfree.funm_action(f, lambda x: A @ x, vec, depth=N)
+    out = matfree.funm_action(f, lambda x: A @ x, vec, depth=N).value
     assert rel(out, dense_sym_funm(f, orth, theta, vec)) < 1e-12
 
 
@@ -49,7 +50,7 @@ def test_symmetric_depth_below_n_meets_polynomial_bound(orth, vec):
     for f, fnp in [(jnp.log, np.log), (jax.lax.rsqrt, lambda x: x**-0.5)]:
         ref = dense_sym_funm(f, orth, theta, vec)
         for k in (4, 10):
-            out = matfree.funm_action(f, lambda x: A @ x, vec, depth=k)
+            out = matfree.funm_action(f, lambda x: A @ x, vec, depth=k).value
             cheb = np.polynomial.Chebyshev.interpolate(fnp, k - 1, domain=[1.0, 100.0])
             best = np.max(np.abs(fnp(grid) - cheb(grid)))  # >= best approximation error
             err = float(jnp.linalg.norm(out - ref))
@@ -61,7 +62,7 @@ def test_nonsymmetric_full_depth_matches_scipy(vec):
     lam = jnp.linspace(0.5, 3.0, N)
     B = matrices.nonsymmetric_matrix_from_eigenvalues(KEY, lam, eigvec_cond=5.0)
     for f, ref_fn in [(jnp.log, scipy.linalg.logm), (jnp.sqrt, scipy.linalg.sqrtm)]:
-        out = matfree.funm_action(f, lambda x: B @ x, vec, depth=N, symmetric=False)
+        out = matfree.funm_action(f, lambda x: B @ x, vec, depth=N, symmetric=False).value
         ref = np.real(ref_fn(np.asarray(B))) @ np.asarray(vec)
         assert rel(out, ref) < 1e-10
 
@@ -69,25 +70,25 @@ def test_nonsymmetric_full_depth_matches_scipy(vec):
 def test_sqrt_action_full_depth_and_sampling_identity(orth, vec):
     theta = jnp.logspace(-1, 1, N)
     A = (orth * theta) @ orth.T
-    half = matfree.sqrt_action(lambda x: A @ x, vec, depth=N)
-    inv_half = matfree.sqrt_action(lambda x: A @ x, vec, depth=N, inverse=True)
+    half = matfree.sqrt_action(lambda x: A @ x, vec, depth=N).value
+    inv_half = matfree.sqrt_action(lambda x: A @ x, vec, depth=N, inverse=True).value
     assert rel(half, dense_sym_funm(jnp.sqrt, orth, theta, vec)) < 1e-12
     assert (
         rel(inv_half, jnp.asarray(np.real(scipy.linalg.sqrtm(np.linalg.inv(A))) @ vec))
         < 1e-10
     )
     # A^{1/2} A^{-1/2} v = v
-    back = matfree.sqrt_action(lambda x: A @ x, inv_half, depth=N)
+    back = matfree.sqrt_action(lambda x: A @ x, inv_half, depth=N).value
     assert rel(back, vec) < 1e-12
 
 
 def test_zero_vector_gives_zero(orth):
     A = (orth * jnp.logspace(-1, 1, N)) @ orth.T
-    out, info = matfree.sqrt_action(
-        lambda x: A @ x, jnp.zeros(N), depth=5, inverse=True, return_info=True
-    )
-    assert jnp.array_equal(out, jnp.zeros(N))
-    assert int(info.status) == 0
+    info = matfree.sqrt_action(lambda x: A @ x, jnp.zeros(N), depth=5, inverse=True)
+    assert jnp.array_equal(info.value, jnp.zeros(N))
+    assert int(info.status) == Status.OK
+    assert info.error_estimate is None
+    assert int(info.num_substeps) == 1
 
 
 def test_gradients_match_dense_symmetric(orth, vec):
@@ -97,7 +98,7 @@ def test_gradients_match_dense_symmetric(orth, vec):
 
     def loss(theta, v):
         A = (orth * theta) @ orth.T
-        return u @ matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=N)
+        return u @ matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=N).value
 
     def loss_ref(theta, v):
         return u @ dense_sym_funm(jnp.log, orth, theta, v)
@@ -114,7 +115,9 @@ def test_gradients_converge_at_moderate_depth_and_check_grads(orth, vec):
 
     def loss(theta, v):
         A = (orth * theta) @ orth.T
-        return jnp.sum(matfree.sqrt_action(lambda x: A @ x, v, depth=16, inverse=True) ** 2)
+        return jnp.sum(
+            matfree.sqrt_action(lambda x: A @ x, v, depth=16, inverse=True).value ** 2
+        )
 
     def loss_ref(theta, v):
         return jnp.sum(dense_sym_funm(jax.lax.rsqrt, orth, theta, v) ** 2)
@@ -139,7 +142,7 @@ def test_repeated_eigenvalues_give_finite_exact_gradients(f, depth, orth, vec):
 
     def loss(phi, v):
         A = (orth * jnp.repeat(phi, N // 3)) @ orth.T
-        return u @ matfree.funm_action(f, lambda x: A @ x, v, depth=depth)
+        return u @ matfree.funm_action(f, lambda x: A @ x, v, depth=depth).value
 
     def loss_ref(phi, v):
         return u @ dense_sym_funm(f, orth, jnp.repeat(phi, N // 3), v)
@@ -156,7 +159,7 @@ def test_multiple_of_identity_gradient(vec):
     """A = c I: the Krylov space has dimension 1 (breakdown) and T has ties."""
 
     def loss(c, v):
-        return jnp.sum(matfree.sqrt_action(lambda x: c * x, v, depth=4) ** 2)
+        return jnp.sum(matfree.sqrt_action(lambda x: c * x, v, depth=4).value ** 2)
 
     g_c, g_v = jax.grad(loss, argnums=(0, 1))(2.0, vec)
     assert jnp.allclose(g_c, jnp.sum(vec**2), rtol=1e-12)  # d/dc (c |v|^2)
@@ -171,8 +174,11 @@ def test_gradients_match_dense_nonsymmetric(vec):
 
     def loss(lam, v):
         B = (V * lam) @ Vinv
-        return u @ matfree.funm_action(
-            jnp.log, lambda x: B @ x, v, depth=N, symmetric=False
+        return (
+            u
+            @ matfree.funm_action(
+                jnp.log, lambda x: B @ x, v, depth=N, symmetric=False
+            ).value
         )
 
     def loss_ref(lam, v):
@@ -194,7 +200,7 @@ def test_vmap_jit_and_pytree(orth, vec):
     @jax.jit
     @jax.vmap
     def batched(v):
-        return matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=N)
+        return matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=N).value
 
     out = batched(V)
     for i in range(2):
@@ -206,7 +212,7 @@ def test_vmap_jit_and_pytree(orth, vec):
         return {"a": x[:10], "b": x[10:]}
 
     tree = {"a": vec[:10], "b": vec[10:]}
-    out = matfree.sqrt_action(mv_tree, tree, depth=N)
+    out = matfree.sqrt_action(mv_tree, tree, depth=N).value
     ref = dense_sym_funm(jnp.sqrt, orth, theta, vec)
     assert rel(jnp.concatenate([out["a"], out["b"]]), ref) < 1e-12
 
@@ -216,15 +222,34 @@ def test_float32(orth, vec):
     Q = orth.astype(jnp.float32)
     v = vec.astype(jnp.float32)
     A = (Q * theta) @ Q.T
-    out = matfree.sqrt_action(lambda x: A @ x, v, depth=N, inverse=True)
+    out = matfree.sqrt_action(lambda x: A @ x, v, depth=N, inverse=True).value
     assert out.dtype == jnp.float32
     assert rel(out, dense_sym_funm(jax.lax.rsqrt, Q, theta, v)) < 1e-4
 
     def loss(theta):
         A = (Q * theta) @ Q.T
-        return jnp.sum(matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=N) ** 2)
+        return jnp.sum(matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=N).value ** 2)
 
     g = jax.grad(loss)(theta)
     g_ref = jax.grad(lambda th: jnp.sum(dense_sym_funm(jnp.log, Q, th, v) ** 2))(theta)
     assert g.dtype == jnp.float32
     assert rel(g, g_ref) < 1e-3
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gradient_autodiff_agrees_with_adjoint(orth, symmetric):
+    A = (orth * jnp.logspace(-1, 1, N)) @ orth.T
+    v = jnp.linspace(1.0, 2.0, N)
+
+    def f(s, gradient):
+        mv = lambda x: s * (A @ x)  # noqa: E731
+        out = matfree.funm_action(
+            jnp.exp, mv, v, depth=N, symmetric=symmetric, gradient=gradient
+        )
+        return jnp.sum(out.value**2)
+
+    g_adj = jax.grad(f)(0.5, "adjoint")
+    g_ad = jax.grad(f)(0.5, "autodiff")
+    assert jnp.allclose(g_adj, g_ad, rtol=1e-8)
+    _, tangent = jax.jvp(lambda s: f(s, "autodiff"), (0.5,), (1.0,))
+    assert jnp.allclose(tangent, g_ad, rtol=1e-8)

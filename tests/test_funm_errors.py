@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 import matfree
-from matfree import funm
+from matfree.status import Status
 
 A = jnp.diag(jnp.arange(1.0, 7.0))
 V = jnp.ones(6)
@@ -19,9 +19,9 @@ def mv(x):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda **kw: matfree.funm_action(jnp.exp, mv, V, **kw),
-        lambda **kw: matfree.exp_action(mv, V, **kw),
-        lambda **kw: matfree.sqrt_action(mv, V, **kw),
+        lambda **kw: matfree.funm_action(jnp.exp, mv, V, **kw).value,
+        lambda **kw: matfree.exp_action(mv, V, **kw).value,
+        lambda **kw: matfree.sqrt_action(mv, V, **kw).value,
     ],
 )
 def test_depth_errors(call):
@@ -77,27 +77,69 @@ def test_run_time_problems_are_reported_and_raised():
 
     @jax.jit
     def statuses(v):
-        kw = {"return_info": True, "throw": False}
+        kw = {"throw": False}
         return jnp.stack(
             [
-                matfree.funm_action(jnp.exp, lambda x: B @ x, v, depth=3, **kw)[1].status,
-                matfree.sqrt_action(lambda x: -A @ x, v, depth=3, **kw)[1].status,
-                matfree.sqrt_action(lambda x: A @ x * jnp.nan, v, depth=3, **kw)[1].status,
+                matfree.funm_action(jnp.exp, lambda x: B @ x, v, depth=3, **kw).status,
+                matfree.sqrt_action(lambda x: -A @ x, v, depth=3, **kw).status,
+                matfree.sqrt_action(lambda x: A @ x * jnp.nan, v, depth=3, **kw).status,
                 matfree.funm_action(
                     jnp.log, lambda x: J @ x, v, depth=6, symmetric=False, **kw
-                )[1].status,
-                matfree.exp_action(lambda x: A @ x, v, t=-v[0], depth=2, **kw)[1].status,
+                ).status,
+                matfree.exp_action(lambda x: A @ x, v, t=-v[0], depth=2, **kw).status,
             ]
         )
 
-    assert statuses(V).tolist() == [3, 2, 1, 4, 6]
-    assert "not symmetric" in funm.STATUS_MESSAGES[3]
+    assert statuses(V).tolist() == [
+        Status.NOT_SYMMETRIC,
+        Status.NOT_POSITIVE_DEFINITE,
+        Status.NONFINITE,
+        Status.ILL_CONDITIONED,
+        Status.INVALID_INPUT,
+    ]
+    assert "not symmetric" in matfree.status.message(Status.NOT_SYMMETRIC)
 
     with pytest.raises(
-        (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError), match="non-positive Ritz"
+        (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError), match="not positive definite"
     ):
-        jax.jit(lambda v: matfree.sqrt_action(lambda x: -A @ x, v, depth=3))(V)
-    _, info = matfree.sqrt_action(
-        lambda x: -A @ x, V, depth=3, inverse=True, throw=False, return_info=True
-    )
-    assert int(info.status) == 2  # reported, not silent
+        jax.jit(lambda v: matfree.sqrt_action(lambda x: -A @ x, v, depth=3).value)(V)
+    info = matfree.sqrt_action(lambda x: -A @ x, V, depth=3, inverse=True, throw=False)
+    assert int(info.status) == Status.NOT_POSITIVE_DEFINITE  # reported, not silent
+    assert bool(jnp.all(jnp.isnan(info.value)))
+
+
+@pytest.mark.parametrize("field", ["value", "status", "num_matvecs"])
+def test_throw_holds_under_jit_whichever_field_is_read(field):
+    @jax.jit
+    def read(v):
+        return getattr(matfree.sqrt_action(lambda x: -A @ x, v, depth=3), field)
+
+    with pytest.raises(Exception, match="not positive definite"):
+        jax.block_until_ready(read(V))
+
+
+def test_traced_negative_time_is_invalid_input_and_nan():
+    res = jax.jit(
+        lambda t: matfree.exp_action(lambda x: A @ x, V, t=t, depth=2, throw=False)
+    )(-1.0)
+    assert int(res.status) == Status.INVALID_INPUT
+    assert bool(jnp.all(jnp.isnan(res.value)))
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        lambda s: matfree.funm_action(jnp.exp, lambda x: s * (A @ x), V, depth=3),
+        lambda s: matfree.sqrt_action(lambda x: s * (A @ x), V, depth=3),
+        lambda s: matfree.exp_action(lambda x: s * (A @ x), V, depth=3),
+        lambda s: matfree.exp_action(lambda x: s * (A @ x), V, depth=3, symmetric=True),
+    ],
+)
+def test_forward_mode_through_the_adjoint_names_autodiff(action):
+    with pytest.raises(TypeError, match='gradient="autodiff"'):
+        jax.jvp(lambda s: action(s).value, (1.0,), (1.0,))
+
+
+def test_bad_gradient_keyword():
+    with pytest.raises(ValueError, match="`gradient` must be one of"):
+        matfree.exp_action(lambda x: A @ x, V, depth=2, gradient="implicit")

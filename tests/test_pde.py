@@ -12,6 +12,7 @@ import scipy.sparse.linalg
 
 import matfree
 from matfree import pde
+from matfree.status import Status
 
 SHAPE = (5, 7)  # not square: catches mixed-up axes
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
@@ -140,7 +141,7 @@ def _expm_dense(k, u0, t, operator=None):
 def test_solve_matches_dense_expm(problem):
     k, u0, _ = problem
     ref = _expm_dense(k, u0, T)
-    u = pde.solve(k, u0, T, depth=24, num_substeps=2)
+    u = pde.solve(k, u0, T, depth=24, num_substeps=2).value
     assert u.shape == (N, N)
     assert np.allclose(u, ref, rtol=0, atol=1e-12 * jnp.linalg.norm(u0))
 
@@ -149,7 +150,8 @@ def test_solve_advection_diffusion_uses_arnoldi_and_matches_expm():
     k, b = _field(), _velocity()
     u0 = pde.bumps(SHAPE, [(0.5, 0.4)])[0]
     op = pde.AdvectionDiffusion(b)
-    u, info = pde.solve(k, u0, T, depth=20, num_substeps=2, operator=op, return_info=True)
+    info = pde.solve(k, u0, T, depth=20, num_substeps=2, operator=op)
+    u = info.value
     ref = _expm_dense(k, u0, T, operator=op)
     assert np.allclose(u, ref, rtol=0, atol=1e-11)
     assert int(info.status) == 0
@@ -164,7 +166,7 @@ def test_solve_matches_scipy_expm_multiply_on_a_larger_grid():
     t = 0.005
     ref = scipy.sparse.linalg.expm_multiply(t * _scipy_assembly(k), np.asarray(u0).ravel())
     s = pde.suggest_num_substeps(k, t, depth=30, rtol=1e-10)
-    u = pde.solve(k, u0, t, depth=30, num_substeps=s)
+    u = pde.solve(k, u0, t, depth=30, num_substeps=s).value
     err = np.linalg.norm(np.asarray(u).ravel() - ref) / np.linalg.norm(ref)
     assert err < 1e-10
 
@@ -173,7 +175,7 @@ def test_solve_float32(problem):
     k, u0, _ = problem
     ref = _expm_dense(k, u0, T)
     k32, u32 = k.astype(jnp.float32), u0.astype(jnp.float32)
-    u = pde.solve(k32, u32, T, depth=16, num_substeps=2)
+    u = pde.solve(k32, u32, T, depth=16, num_substeps=2).value
     assert u.dtype == jnp.float32
     assert np.allclose(u, ref, rtol=0, atol=1e-5)
 
@@ -181,7 +183,7 @@ def test_solve_float32(problem):
 def test_solve_under_jit_and_vmap(problem):
     k, u0, w = problem
     u0s = jnp.stack([u0, w])
-    fn = jax.jit(jax.vmap(lambda u: pde.solve(k, u, T, depth=24, num_substeps=2)))
+    fn = jax.jit(jax.vmap(lambda u: pde.solve(k, u, T, depth=24, num_substeps=2).value))
     out = fn(u0s)
     assert np.allclose(out[0], _expm_dense(k, u0, T), atol=1e-12)
     assert np.allclose(out[1], _expm_dense(k, w, T), atol=1e-11)
@@ -198,7 +200,7 @@ def test_gradient_matches_dense_autodiff_at_a_converged_depth(problem):
         return jnp.sum(w * _expm_dense(k, u0, T))
 
     def f_krylov(k, u0):
-        return jnp.sum(w * pde.solve(k, u0, T, depth=24, num_substeps=2))
+        return jnp.sum(w * pde.solve(k, u0, T, depth=24, num_substeps=2).value)
 
     g_ref = jax.jit(jax.grad(f_dense, argnums=(0, 1)))(k, u0)
     g = jax.jit(jax.grad(f_krylov, argnums=(0, 1)))(k, u0)
@@ -213,7 +215,7 @@ def test_gradient_vs_finite_differences_and_wrt_time():
 
     @jax.jit
     def f(k, u0, t):
-        return jnp.sum(pde.solve(k, u0, t, depth=24) ** 2)
+        return jnp.sum(pde.solve(k, u0, t, depth=24).value ** 2)
 
     grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -234,7 +236,9 @@ def test_gradient_reaches_the_velocity():
 
     def f(b):
         op = pde.AdvectionDiffusion(b)
-        return jnp.sum(pde.solve(k, u0, T, depth=20, num_substeps=2, operator=op) ** 2)
+        return jnp.sum(
+            pde.solve(k, u0, T, depth=20, num_substeps=2, operator=op).value ** 2
+        )
 
     def f_dense(b):
         return jnp.sum(_expm_dense(k, u0, T, operator=pde.AdvectionDiffusion(b)) ** 2)
@@ -274,9 +278,14 @@ def test_error_nonpositive_coefficient_at_trace_time_and_at_run_time():
         pde.diffusion(k)
     with pytest.raises(ValueError, match=r"`k` must be positive everywhere"):
         pde.solve(k, jnp.ones(SHAPE), 0.1, depth=4)
-    solve = jax.jit(lambda k: pde.solve(k, jnp.ones(SHAPE), 0.1, depth=4))
-    with pytest.raises(RUNTIME_ERRORS, match=r"`k` must be positive everywhere"):
+    solve = jax.jit(lambda k: pde.solve(k, jnp.ones(SHAPE), 0.1, depth=4).value)
+    with pytest.raises(RUNTIME_ERRORS, match=r"non-positive coefficient field"):
         jax.block_until_ready(solve(-jnp.ones(SHAPE)))
+    res = jax.jit(lambda k: pde.solve(k, jnp.ones(SHAPE), 0.1, depth=4, throw=False))(
+        -jnp.ones(SHAPE)
+    )
+    assert int(res.status) == Status.INVALID_INPUT
+    assert bool(jnp.all(jnp.isnan(res.value)))
     assert np.all(np.isfinite(solve(jnp.ones(SHAPE))))  # the same function is fine
 
 
@@ -286,8 +295,8 @@ def test_error_negative_time_at_trace_time_and_at_run_time():
         pde.solve(k, k, -0.1, depth=4)
     with pytest.raises(ValueError, match=r"`times` must be non-negative and non-decr"):
         pde.simulate(k, k, [0.1, 0.05], depth=4)
-    solve = jax.jit(lambda t: pde.solve(k, k, t, depth=4))
-    with pytest.raises(RUNTIME_ERRORS, match=r"`t` is negative"):
+    solve = jax.jit(lambda t: pde.solve(k, k, t, depth=4).value)
+    with pytest.raises(RUNTIME_ERRORS, match=r"out of its domain"):
         jax.block_until_ready(solve(-0.1))
 
 
@@ -353,3 +362,19 @@ def test_invert_recovers_a_known_field():
     assert res.losses[-1] < 2 * noise_floor
     assert rel(jnp.ones(shape)) > 0.2
     assert rel(res.params) < 0.05
+
+
+def test_solve_gradient_autodiff_agrees_with_adjoint_and_allows_forward_mode():
+    k = jnp.ones(SHAPE)
+    u0 = pde.bumps(SHAPE, [(0.4, 0.5)])[0]
+
+    def f(s, gradient):
+        return jnp.sum(pde.solve(s * k, u0, 0.01, depth=20, gradient=gradient).value ** 2)
+
+    g_adj = jax.grad(f)(1.0, "adjoint")
+    g_ad = jax.grad(f)(1.0, "autodiff")
+    assert jnp.allclose(g_adj, g_ad, rtol=1e-8)
+    _, tangent = jax.jvp(lambda s: f(s, "autodiff"), (1.0,), (1.0,))
+    assert jnp.allclose(tangent, g_ad, rtol=1e-8)
+    with pytest.raises(TypeError, match='gradient="autodiff"'):
+        jax.jvp(lambda s: f(s, "adjoint"), (1.0,), (1.0,))

@@ -8,10 +8,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks
+from matfree import _adjoint, _checks
 from matfree._flat import safe_norm
 from matfree.decomp import _krylov
-from matfree.decomp._lanczos import _flatten_block, _throw
 
 
 class ArnoldiResult(NamedTuple):
@@ -34,7 +33,10 @@ class ArnoldiResult(NamedTuple):
         basis is continued after a breakdown with deterministic vectors
         orthogonal to the Krylov space, so the relation stays exact.
     status
-        `0` ok, `1` zero start vector, `2` non-finite values.
+        A `matfree.status.Status` code: `OK`, `NONFINITE` (NaN or inf in `v0`
+        or the operator's output) or `ZERO_VECTOR` (`v0` is zero; every field
+        but `init_norm = 0`, `num_steps` and `status` is NaN). A breakdown is
+        information (`num_steps`), not a failure.
     """
 
     basis: Any
@@ -48,11 +50,11 @@ class ArnoldiResult(NamedTuple):
 def arnoldi(
     matvec,
     v0,
-    depth: int,
     *,
-    custom_vjp: bool = True,
+    depth: int,
+    gradient: str = "adjoint",
     batched: bool = False,
-    throw: bool = False,
+    throw: bool = True,
 ) -> ArnoldiResult:
     r"""Arnoldi iteration: an orthonormal Krylov basis and a Hessenberg matrix.
 
@@ -69,18 +71,22 @@ def arnoldi(
         Start vector, an array of shape `(n,)` or a pytree.
     depth
         Number of steps `k`, a static int with `1 <= k <= n`.
-    custom_vjp
-        Differentiate with the adjoint system of Krämer et al. (NeurIPS 2024):
-        memory `O(n k)`, one VJP of `matvec` with respect to the vector per
-        step (it supplies the transposed products, so no transposed operator
-        is needed) and one parameter VJP on all `k` basis vectors. Reverse
-        mode only; `False` differentiates through the loop (forward mode,
-        higher derivatives; memory `O(n k^2)`).
+    gradient
+        `"adjoint"` (default): differentiate with the adjoint system of
+        Krämer et al. (NeurIPS 2024): memory `O(n k)`, one VJP of `matvec`
+        with respect to the vector per step (it supplies the transposed
+        products, so no transposed operator is needed) and one parameter VJP
+        on all `k` basis vectors; reverse mode only (`jax.jvp` raises).
+        `"autodiff"` differentiates through the loop (forward mode, higher
+        derivatives; memory `O(n k^2)`).
     batched
-        If `True`, `v0` has a leading batch axis and the iterations run as a
-        block (one batched matvec per step).
+        If `True`, `v0` has a leading batch axis `(m, ...)` and the iterations
+        run as a block (one batched matvec per step). All result fields get a
+        leading axis `m`.
     throw
-        Raise if `v0` is zero or values are not finite.
+        If `True` (default), a non-zero `status` raises (via
+        `matfree.status.error_if`, also under `jit`) whichever field of the
+        result is read. `False`: only report it in `status`.
 
     Returns
     -------
@@ -91,7 +97,7 @@ def arnoldi(
     >>> import jax.numpy as jnp
     >>> from matfree import decomp
     >>> A = jnp.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 4.0]])
-    >>> res = decomp.arnoldi(lambda v: A @ v, jnp.ones(3), 3)
+    >>> res = decomp.arnoldi(lambda v: A @ v, jnp.ones(3), depth=3)
     >>> ev = jnp.sort(jnp.linalg.eigvals(res.hessenberg).real)
     >>> jnp.allclose(ev, jnp.array([2.0, 3.0, 4.0]))
     Array(True, dtype=bool)
@@ -102,12 +108,12 @@ def arnoldi(
     large matrices. NeurIPS 2024.
     """
     _checks.check_callable(matvec)
-    V0, op, unravel_batch = _flatten_block(matvec, v0, batched)
+    gradient = _checks.check_gradient(gradient, allowed=_krylov.GRADIENTS)
+    V0, op, unravel_batch = _krylov.flatten_block(matvec, v0, batched)
     depth = _checks.check_depth(depth, op.size)
-    impl = _arnoldi_adjoint if custom_vjp else _arnoldi_impl
-    Q, H, r, c, num_steps, status = impl(op.fn, depth, V0, op.params)
-    if throw:
-        status = _throw(status)
+    impl = _arnoldi_adjoint if gradient == "adjoint" else _arnoldi_impl
+    out = _adjoint.call(impl, gradient, op.fn, depth, V0, op.params)
+    Q, H, r, c, num_steps, status = out
     result = ArnoldiResult(
         basis=unravel_batch(Q),
         hessenberg=H,
@@ -116,7 +122,7 @@ def arnoldi(
         num_steps=num_steps,
         status=status,
     )
-    return result if batched else jax.tree_util.tree_map(lambda x: x[0], result)
+    return _krylov.finish(result, zero=c == 0, batched=batched, throw=throw)
 
 
 def _arnoldi_impl(fn, depth, V0, params):

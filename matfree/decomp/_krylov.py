@@ -10,19 +10,73 @@ to all `m k` basis vectors (not formed per vector or per step and then summed).
 from __future__ import annotations
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 
+from matfree import _flat, status
 from matfree._flat import safe_norm
 
-STATUS_OK = 0
-STATUS_ZERO_V0 = 1
-STATUS_NONFINITE = 2
+GRADIENTS = ("adjoint", "autodiff")
 
-STATUS_MESSAGES = (
-    "ok",
-    "the start vector `v0` is zero: the Krylov space is empty (the result is zero).",
-    "non-finite values (NaN or inf) in `v0` or in the operator's output.",
-)
+
+def flatten_block(matvec, v0, batched):
+    """Flatten `v0` (or a batch of them) and `matvec` to the block form (m, n).
+
+    Returns `(V0, op, unravel_batch)`: the block `(m, n)` (`m = 1` without
+    `batched`), the flat operator, and a function that turns a block of rows
+    `(m, ..., n)` back into pytrees like `v0`.
+    """
+    if batched:
+        leaves = jax.tree_util.tree_leaves(v0)
+        if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
+            msg = "`v0` must have a leading batch axis on every leaf when `batched=True`."
+            raise ValueError(msg)
+        m = jnp.shape(leaves[0])[0]
+        if any(jnp.shape(x)[0] != m for x in leaves):
+            msg = (
+                "all leaves of `v0` must have the same leading batch size "
+                "when `batched=True`."
+            )
+            raise ValueError(msg)
+        example = jax.tree_util.tree_map(lambda x: x[0], v0)
+        _, op = _flat.flatten(matvec, example, name="v0")
+        V0 = jax.vmap(lambda v: jax.flatten_util.ravel_pytree(v)[0])(v0)
+    else:
+        flat, op = _flat.flatten(matvec, v0, name="v0")
+        V0 = flat[None]
+
+    def unravel_batch(X):
+        return _flat.unravel_rows(op, X)
+
+    return V0, op, unravel_batch
+
+
+def finish(result, *, zero, batched, throw):
+    """Mark a decomposition of a zero start vector as NaN; attach `throw`.
+
+    `zero` (m,) flags zero start vectors: every field except `init_norm`,
+    `num_steps` and `status` becomes NaN (the decomposition does not exist).
+    With `throw`, a non-zero `status` raises whichever field is read.
+    """
+    keep = ("init_norm", "num_steps", "status")
+
+    def nan_where_zero(name, x):
+        if name in keep:
+            return x
+        mask = zero.reshape(zero.shape + (1,) * (jnp.ndim(x) - 1))
+        return jnp.where(mask, jnp.nan, x)
+
+    fields = {}
+    for name, value in result._asdict().items():
+        fields[name] = jax.tree_util.tree_map(
+            lambda x, name=name: nan_where_zero(name, x), value
+        )
+    result = type(result)(**fields)
+    if not batched:
+        result = jax.tree_util.tree_map(lambda x: x[0], result)
+    if throw:
+        result = status.error_if(result, result.status)
+    return result
 
 
 def batched(fn, params):
@@ -68,12 +122,17 @@ def restart_vectors(basis, i):
 
 
 def status_of(c, *arrays):
-    """Status code per block row: ok, zero start vector, or non-finite values."""
+    """Status code per block row: `OK`, `NONFINITE` or `ZERO_VECTOR`.
+
+    Non-finite values (in `v0` or the operator's output) come first: a NaN
+    start vector has a NaN norm, not a zero one.
+    """
     finite = jnp.isfinite(c)
     for a in arrays:
         finite = finite & jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
-    status = jnp.where(c > 0, STATUS_OK, STATUS_ZERO_V0)
-    return jnp.where(finite, status, STATUS_NONFINITE).astype(jnp.int32)
+    return status.first(
+        (~finite, status.Status.NONFINITE), (c == 0, status.Status.ZERO_VECTOR)
+    )
 
 
 class Static:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _flat
+from matfree import _adjoint, _checks
 from matfree._flat import safe_norm
 from matfree.decomp import _krylov
 
@@ -39,8 +38,11 @@ class LanczosResult(NamedTuple):
         is continued with deterministic vectors orthogonal to the Krylov space
         (a zero in `offdiag`), so the decomposition stays exact and orthonormal.
     status
-        `0` ok; `1` the start vector is zero (all outputs are zero); `2`
-        non-finite values in `v0` or in the operator's output.
+        A `matfree.status.Status` code: `OK`; `NONFINITE` (NaN or inf in `v0`
+        or in the operator's output); `ZERO_VECTOR` (`v0` is zero: the Krylov
+        space is empty, and every field but `init_norm = 0`, `num_steps` and
+        `status` is NaN). A breakdown (invariant subspace) is not a failure:
+        it is reported in `num_steps`.
     """
 
     basis: Any
@@ -59,12 +61,12 @@ class LanczosResult(NamedTuple):
 def lanczos(
     matvec,
     v0,
-    depth: int,
     *,
+    depth: int,
     reortho: bool = True,
-    custom_vjp: bool = True,
+    gradient: str = "adjoint",
     batched: bool = False,
-    throw: bool = False,
+    throw: bool = True,
 ) -> LanczosResult:
     r"""Lanczos tridiagonalisation of a symmetric operator.
 
@@ -85,12 +87,13 @@ def lanczos(
         Re-orthogonalise every new vector against the whole basis (default).
         Needed for float32 and for depths where orthogonality is lost; turn
         off only for cheap, well-conditioned float64 problems.
-    custom_vjp
-        Differentiate with the adjoint system of Krämer et al. (NeurIPS 2024):
-        memory `O(n k)`, one matvec per step and one parameter VJP of the
-        matvec on all `k` basis vectors at once. The adjoint supports reverse
-        mode only; set `False` to differentiate through the loop instead
-        (forward mode, higher derivatives; memory `O(n k^2)` with `reortho`).
+    gradient
+        `"adjoint"` (default): differentiate with the adjoint system of
+        Krämer et al. (NeurIPS 2024): memory `O(n k)`, one matvec per step
+        and one parameter VJP of the matvec on all `k` basis vectors at once;
+        reverse mode only (`jax.jvp` raises). `"autodiff"`: differentiate
+        through the loop (forward mode, higher derivatives; memory `O(n k^2)`
+        with `reortho`).
         For symmetric operators the adjoint returns the gradient of the
         symmetric parameterisation: gradients w.r.t. parameters of a
         symmetric `matvec` are exact, a raw dense matrix gets the gradient
@@ -100,8 +103,9 @@ def lanczos(
         iterations run together: one batched matvec per step (forward and
         adjoint). All result fields get a leading axis `m`.
     throw
-        Raise (via `equinox.error_if`) if `v0` is zero or values are not
-        finite, instead of only reporting it in `status`.
+        If `True` (default), a non-zero `status` raises (via
+        `matfree.status.error_if`, also under `jit`) whichever field of the
+        result is read. `False`: only report it in `status`.
 
     Returns
     -------
@@ -112,7 +116,7 @@ def lanczos(
     >>> import jax.numpy as jnp
     >>> from matfree import decomp
     >>> A = jnp.diag(jnp.arange(1.0, 6.0))
-    >>> res = decomp.lanczos(lambda v: A @ v, jnp.ones(5), 5)
+    >>> res = decomp.lanczos(lambda v: A @ v, jnp.ones(5), depth=5)
     >>> jnp.allclose(jnp.linalg.eigvalsh(res.tridiag()), jnp.arange(1.0, 6.0))
     Array(True, dtype=bool)
 
@@ -122,12 +126,12 @@ def lanczos(
     large matrices. NeurIPS 2024.
     """
     _checks.check_callable(matvec)
-    V0, op, unravel_batch = _flatten_block(matvec, v0, batched)
+    gradient = _checks.check_gradient(gradient, allowed=_krylov.GRADIENTS)
+    V0, op, unravel_batch = _krylov.flatten_block(matvec, v0, batched)
     depth = _checks.check_depth(depth, op.size)
-    impl = _lanczos_adjoint if custom_vjp else _lanczos_impl
-    Q, a, b, r, c, num_steps, status = impl(op.fn, depth, bool(reortho), V0, op.params)
-    if throw:
-        status = _throw(status)
+    impl = _lanczos_adjoint if gradient == "adjoint" else _lanczos_impl
+    out = _adjoint.call(impl, gradient, op.fn, depth, bool(reortho), V0, op.params)
+    Q, a, b, r, c, num_steps, status = out
     result = LanczosResult(
         basis=unravel_batch(Q),
         diag=a,
@@ -137,40 +141,7 @@ def lanczos(
         num_steps=num_steps,
         status=status,
     )
-    return result if batched else jax.tree_util.tree_map(lambda x: x[0], result)
-
-
-def _flatten_block(matvec, v0, batched):
-    """Flatten `v0` (or a batch of them) and `matvec` to the block form (m, n)."""
-    if batched:
-        leaves = jax.tree_util.tree_leaves(v0)
-        if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
-            msg = "`v0` must have a leading batch axis on every leaf when `batched=True`."
-            raise ValueError(msg)
-        m = jnp.shape(leaves[0])[0]
-        if any(jnp.shape(x)[0] != m for x in leaves):
-            msg = (
-                "all leaves of `v0` must have the same leading batch size "
-                "when `batched=True`."
-            )
-            raise ValueError(msg)
-        example = jax.tree_util.tree_map(lambda x: x[0], v0)
-        _, op = _flat.flatten(matvec, example, name="v0")
-        V0 = jax.vmap(lambda v: jax.flatten_util.ravel_pytree(v)[0])(v0)
-    else:
-        flat, op = _flat.flatten(matvec, v0, name="v0")
-        V0 = flat[None]
-
-    def unravel_batch(X):
-        return _flat.unravel_rows(op, X)
-
-    return V0, op, unravel_batch
-
-
-def _throw(status):
-    return eqx.branched_error_if(
-        status, status != 0, jnp.max(status), _krylov.STATUS_MESSAGES
-    )
+    return _krylov.finish(result, zero=c == 0, batched=batched, throw=throw)
 
 
 def _lanczos_impl(fn, depth, reortho, V0, params):

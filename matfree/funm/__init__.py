@@ -2,18 +2,21 @@
 
 All actions reduce `f(A) v` to a small dense matrix function through
 `matfree.decomp.lanczos` (symmetric) or `matfree.decomp.arnoldi` (general),
-and are differentiable through custom rules: for symmetric operators, a second
-Lanczos run on the cotangent (`_two_sided`); otherwise the Arnoldi adjoint.
+and are differentiable through custom rules (`gradient="adjoint"`): for
+symmetric operators, a second Lanczos run on the cotangent (`_two_sided`);
+otherwise the Arnoldi adjoint. `gradient="autodiff"` differentiates through
+the loops instead.
 
-Run-time problems are reported in one way: a `FunmInfo` returned with
-`return_info=True` (field `status`, explained by `STATUS_MESSAGES`), and an
-error raised by default (`throw=True`, via `equinox.error_if`, under `jit`
-too). Trace-time mistakes (shapes, `depth`, non-callables, `t < 0`) raise
-`ValueError`/`TypeError` immediately.
+Every action returns a `FunmResult` (`value`, `status`, `error_estimate`,
+`num_substeps`, `num_matvecs`). Run-time problems are reported in `status`
+(a `matfree.status.Status` code) and raised by default (`throw=True`, via
+`matfree.status.error_if`, under `jit` too, whichever field is read).
+Trace-time mistakes (shapes, `depth`, non-callables, a concrete `t < 0`)
+raise `ValueError`/`TypeError` immediately.
 """
 
 from matfree.funm._action import funm_action, sqrt_action
-from matfree.funm._common import STATUS_MESSAGES, FunmInfo
+from matfree.funm._common import FunmResult
 from matfree.funm._exp import exp_action
 
-__all__ = ["STATUS_MESSAGES", "FunmInfo", "exp_action", "funm_action", "sqrt_action"]
+__all__ = ["FunmResult", "exp_action", "funm_action", "sqrt_action"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _dense, _flat, decomp
+from matfree import _adjoint, _checks, _dense, _flat, decomp, status
 from matfree.funm import _common, _diag, _two_sided
+from matfree.funm._common import FunmResult
+from matfree.status import Status
 
 
 def funm_action(
@@ -17,10 +19,9 @@ def funm_action(
     depth: int,
     symmetric: bool = True,
     reortho: bool = True,
-    custom_vjp: bool = True,
-    return_info: bool = False,
+    gradient: str = "adjoint",
     throw: bool = True,
-):
+) -> FunmResult:
     r"""Compute `f(A) v` from `depth` Krylov steps, differentiably.
 
     Symmetric (default): `depth` Lanczos steps give `A Q^T ~ Q^T T` and
@@ -60,29 +61,30 @@ def funm_action(
         values: check them at a larger depth (see the docs page).
     symmetric
         `True`: Lanczos (requires a symmetric operator; a cheap run-time check
-        with two extra matvecs reports generic non-symmetry as status `3`).
-        `False`: Arnoldi with diagonalisation of `H`; accurate when `H` has a
-        well-conditioned eigenbasis (its condition number above
-        `eps^{-1/2}` is reported as status `4`; defective `H` is out of scope).
+        with two extra matvecs reports generic non-symmetry as status
+        `NOT_SYMMETRIC`). `False`: Arnoldi with diagonalisation of `H`;
+        accurate when `H` has a well-conditioned eigenbasis (its condition
+        number above `eps^{-1/2}` is reported as status `ILL_CONDITIONED`;
+        defective `H` is out of scope).
         For the exponential of a non-symmetric operator use `exp_action`,
         which uses a scaling-and-squaring Padé method instead.
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always re-orthogonalises).
-    custom_vjp
-        Use the custom gradient rules above (reverse mode only). `False`
-        differentiates through the loops (forward mode too, more memory).
-    return_info
-        Also return a `FunmInfo` with the run-time status.
+    gradient
+        `"adjoint"` (default): the custom gradient rules above (reverse mode
+        only; `jax.jvp` raises). `"autodiff"`: differentiate through the loops
+        (forward mode too, more memory).
     throw
-        Raise (via `equinox.error_if`, also under `jit`) if the status is not
-        ok. With `throw=False`, pass `return_info=True` and check
-        `info.status` yourself: the value is then NaN where f(A) v could not be
-        computed.
+        If `True` (default), a non-zero `status` raises (via
+        `matfree.status.error_if`, also under `jit`) whichever field of the
+        result is read. With `throw=False`, check `status` yourself: the value
+        is then NaN where f(A) v could not be computed.
 
     Returns
     -------
-    value
-        `f(A) v`, like `v`. With `return_info=True`, a tuple `(value, info)`.
+    FunmResult
+        `value` is `f(A) v`, like `v`; `error_estimate` is `None`,
+        `num_substeps` is `1`.
 
     Examples
     --------
@@ -91,7 +93,7 @@ def funm_action(
     >>> A = jnp.diag(jnp.arange(1.0, 6.0))
     >>> v = jnp.ones(5)
     >>> fv = matfree.funm_action(jnp.log, lambda x: A @ x, v, depth=5)
-    >>> jnp.allclose(fv, jnp.log(jnp.arange(1.0, 6.0)))
+    >>> jnp.allclose(fv.value, jnp.log(jnp.arange(1.0, 6.0)))
     Array(True, dtype=bool)
 
     References
@@ -101,17 +103,19 @@ def funm_action(
     (Sec. 4.5 for diagonalisation and its limits).
     """
     check_elementwise(f)
+    gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
     flat, op = _flat.flatten(matvec, v)
     depth = _checks.check_depth(depth, op.size)
     if symmetric:
-        value, status = lanczos_funm(f, op, flat, depth, reortho, custom_vjp)
+        args = (f, op, flat, depth, reortho, gradient)
+        value, status = _adjoint.call(lanczos_funm, gradient, *args)
         num_matvecs = depth + 2
     else:
         check_complex_ok(f)
-        value, status = arnoldi_funm(f, op, flat, depth, custom_vjp)
+        value, status = arnoldi_funm(f, op, flat, depth, gradient)
         num_matvecs = depth
-    info = _make_info(status, num_matvecs, flat.dtype)
-    return _common.finish(op.unravel(value), info, return_info=return_info, throw=throw)
+    result = _result(op.unravel(value), status, num_matvecs)
+    return _common.finish(result, throw=throw)
 
 
 def sqrt_action(
@@ -121,10 +125,9 @@ def sqrt_action(
     depth: int,
     inverse: bool = False,
     reortho: bool = True,
-    custom_vjp: bool = True,
-    return_info: bool = False,
+    gradient: str = "adjoint",
     throw: bool = True,
-):
+) -> FunmResult:
     r"""Compute `A^{1/2} v` or `A^{-1/2} v` for a symmetric positive definite `A`.
 
     `depth` Lanczos steps and the square root (or inverse square root) of the
@@ -148,51 +151,51 @@ def sqrt_action(
         Lanczos depth, a static int with `1 <= depth <= n`.
     inverse
         `False`: `A^{1/2} v`; `True`: `A^{-1/2} v`.
-    reortho, custom_vjp
+    reortho, gradient
         As in `funm_action`.
-    return_info
-        Also return a `FunmInfo`.
     throw
         Raise if the status is not ok (default). A non-positive Ritz value
-        (the operator is not positive definite) is status `2`; with
-        `throw=False` the value is then NaN and only `info.status` reports it.
+        (the operator is not positive definite) is status
+        `NOT_POSITIVE_DEFINITE`; with `throw=False` the value is then NaN and
+        `status` reports it.
 
     Returns
     -------
-    value
-        `A^{1/2} v` or `A^{-1/2} v`, like `v`; with `return_info=True` a tuple
-        `(value, info)`.
+    FunmResult
+        `value` is `A^{1/2} v` or `A^{-1/2} v`, like `v`; `error_estimate` is
+        `None`, `num_substeps` is `1`.
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> import matfree
     >>> A = jnp.diag(jnp.array([1.0, 4.0, 9.0]))
-    >>> matfree.sqrt_action(lambda x: A @ x, jnp.ones(3), depth=3)
+    >>> matfree.sqrt_action(lambda x: A @ x, jnp.ones(3), depth=3).value
     Array([1., 2., 3.], dtype=float64)
-    >>> value, info = matfree.sqrt_action(
-    ...     lambda x: -A @ x, jnp.ones(3), depth=3, throw=False, return_info=True
-    ... )
-    >>> int(info.status)  # not positive definite
-    2
+    >>> res = matfree.sqrt_action(lambda x: -A @ x, jnp.ones(3), depth=3, throw=False)
+    >>> matfree.status.Status(int(res.status)).name
+    'NOT_POSITIVE_DEFINITE'
     """
+    gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
     flat, op = _flat.flatten(matvec, v)
     depth = _checks.check_depth(depth, op.size)
     f = jax.lax.rsqrt if inverse else jnp.sqrt
-    value, status = lanczos_funm(f, op, flat, depth, reortho, custom_vjp, positive=True)
-    info = _make_info(status, depth + 2, flat.dtype)
-    return _common.finish(op.unravel(value), info, return_info=return_info, throw=throw)
+    args = (f, op, flat, depth, reortho, gradient)
+    value, status = _adjoint.call(
+        lambda *a: lanczos_funm(*a, positive=True), gradient, *args
+    )
+    return _common.finish(_result(op.unravel(value), status, depth + 2), throw=throw)
 
 
-def lanczos_funm(f, op, flat, depth, reortho, custom_vjp, *, positive=False):
+def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
     """`|v| Q^T f(T) e_1` from Lanczos on the flat operator, and a status code.
 
-    With `custom_vjp`, gradients come from the two-sided rule in
+    With `gradient="adjoint"`, gradients come from the two-sided rule in
     `_two_sided` (a second Lanczos run on the cotangent), which differentiates
     `f(A) v` itself rather than its Krylov approximation; otherwise autodiff
     runs through the loop.
     """
-    if custom_vjp:
+    if gradient == "adjoint":
         value, (T, c, _) = _two_sided.lanczos_action(
             lambda x, s, aux: f(x),
             op.fn,
@@ -203,36 +206,41 @@ def lanczos_funm(f, op, flat, depth, reortho, custom_vjp, *, positive=False):
             jnp.zeros((), flat.dtype),
         )
     else:
-        res = decomp.lanczos(_matvec(op), flat, depth, reortho=reortho, custom_vjp=False)
-        c = res.init_norm
-        # A zero start vector gives T = 0; f(0) may be infinite, but f(A) 0 = 0.
+        res, c = _common.decompose(
+            decomp.lanczos,
+            _matvec(op),
+            flat,
+            depth=depth,
+            reortho=reortho,
+            gradient="autodiff",
+        )
+        # f(T) may be infinite for a zero v's stand-in; f(A) 0 = 0 anyway.
         T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=flat.dtype))
         value = c * (res.basis.T @ _dense.funm_sym(f, T)[:, 0])
     not_symmetric = _common.symmetry_defect(op, flat) if op.size > 1 else False
     conditions = [
-        (not_symmetric, _common.STATUS_NOT_SYMMETRIC),
-        (~_common.all_finite(T), _common.STATUS_NONFINITE),
+        (not_symmetric, Status.NOT_SYMMETRIC),
+        (~_common.all_finite(T), Status.NONFINITE),
     ]
     if positive:
         ritz_min = jnp.min(jnp.linalg.eigvalsh(jax.lax.stop_gradient(T)))
-        conditions.append((~(ritz_min > 0), _common.STATUS_NOT_POSITIVE))
-    conditions.append((~_common.all_finite(value), _common.STATUS_NONFINITE))
-    return value, _common.first_problem(*conditions)
+        conditions.append((~(ritz_min > 0), Status.NOT_POSITIVE_DEFINITE))
+    conditions.append((~_common.all_finite(value), Status.NONFINITE))
+    return value, status.first(*conditions)
 
 
-def arnoldi_funm(f, op, flat, depth, custom_vjp):
+def arnoldi_funm(f, op, flat, depth, gradient):
     """`|v| Q^T f(H) e_1` from Arnoldi and diagonalisation of `H`, and a status."""
-    res = decomp.arnoldi(_matvec(op), flat, depth, custom_vjp=custom_vjp)
-    c = res.init_norm
+    res, c = _common.decompose(
+        decomp.arnoldi, _matvec(op), flat, depth=depth, gradient=gradient
+    )
     H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=flat.dtype))
     value = c * (res.basis.T @ _diag.funm_diag(f, H)[:, 0])
     finite = _common.all_finite(value, H)
     H_safe = jnp.where(finite, H, jnp.eye(depth, dtype=flat.dtype))
     cond = _diag.eigvec_condition(H_safe)
     ill = ~(cond <= 1 / jnp.sqrt(jnp.finfo(flat.dtype).eps))
-    return value, _common.first_problem(
-        (~finite, _common.STATUS_NONFINITE), (ill, _common.STATUS_ILL_CONDITIONED)
-    )
+    return value, status.first((~finite, Status.NONFINITE), (ill, Status.ILL_CONDITIONED))
 
 
 def check_elementwise(f):
@@ -286,10 +294,11 @@ def _matvec(op):
     return lambda x: op.fn(x, *op.params)
 
 
-def _make_info(status, num_matvecs, dtype):
-    return _common.FunmInfo(
-        status=status,
-        error_estimate=jnp.asarray(jnp.nan, dtype),
+def _result(value, code, num_matvecs) -> FunmResult:
+    return FunmResult(
+        value=value,
+        status=code,
+        error_estimate=None,
         num_substeps=jnp.int32(1),
         num_matvecs=jnp.int32(num_matvecs),
     )

@@ -1,94 +1,79 @@
-"""Shared pieces of the matrix-function actions: run-time reporting, checks.
+"""Shared pieces of the matrix-function actions: the result type, run-time checks.
 
-Every action (`funm_action`, `exp_action`, `sqrt_action`) returns a plain
-vector like `v`. Run-time problems are reported in one way: a `FunmInfo`
-(returned with `return_info=True`) whose `status` is nonzero, and, by default
-(`throw=True`), an error raised via `equinox.error_if` -- under `jit` too.
+Every action (`funm_action`, `exp_action`, `sqrt_action`) returns a
+`FunmResult`. Run-time problems are reported in its `status`
+(`matfree.status` codes), and, by default (`throw=True`), raised via
+`matfree.status.error_if` whichever field is read -- under `jit` too.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from matfree import status as _status
 from matfree._flat import safe_norm
 
-STATUS_OK = 0
-STATUS_NONFINITE = 1
-STATUS_NOT_POSITIVE = 2
-STATUS_NOT_SYMMETRIC = 3
-STATUS_ILL_CONDITIONED = 4
-STATUS_NOT_CONVERGED = 5
-STATUS_NEGATIVE_TIME = 6
-
-STATUS_MESSAGES = (
-    "ok",
-    "non-finite values (NaN or inf) in `v`, in the operator's output, or in "
-    "f of the small projected matrix. Check the inputs; for `exp_action` with "
-    "a large t*|A| increase `num_substeps`.",
-    "the operator has non-positive Ritz values, so it is not positive definite "
-    "and its square root is not defined. `sqrt_action` needs a symmetric "
-    "positive definite operator (add a shift, or check the matvec).",
-    "`symmetric=True` but the operator is not symmetric (x^T A y != y^T A x "
-    "for two Krylov vectors). Pass `symmetric=False` (Arnoldi) or fix the matvec.",
-    "the projected Hessenberg matrix has an ill-conditioned (nearly defective) "
-    "eigenbasis, so f(H) by diagonalisation is inaccurate. Use `exp_action` for "
-    "the exponential, `symmetric=True` for symmetric operators, or reduce `depth`.",
-    "`exp_action` did not reach `tol` within `num_substeps` steps of `depth`: "
-    "increase `num_substeps` or `depth` (see `FunmInfo.error_estimate`).",
-    "`t` is negative; `exp_action` needs t >= 0 (for exp(-sA) v pass the matvec of -A).",
-)
+GRADIENTS = ("adjoint", "autodiff")
 
 
-class FunmInfo(NamedTuple):
-    """Run-time diagnostics of a matrix-function action.
+class FunmResult(NamedTuple):
+    """The result of a matrix-function action (`funm_action`, `exp_action`, `sqrt_action`).
 
     Attributes
     ----------
+    value
+        `f(A) v`, like `v` (NaN where it could not be computed, e.g. the
+        square root of an operator that is not positive definite).
     status
-        `0` ok. Otherwise the first problem found: `1` non-finite values;
-        `2` non-positive Ritz values in `sqrt_action`; `3` `symmetric=True`
-        but the operator is not symmetric; `4` ill-conditioned eigenbasis of
-        the Hessenberg matrix (general `f`, `symmetric=False`); `5`
-        `exp_action` did not reach `tol`; `6` negative `t`.
-        `matfree.funm.STATUS_MESSAGES[status]` explains each code.
+        A `matfree.status.Status` code: `OK`; `NOT_SYMMETRIC` (`symmetric=True`
+        but the operator is evidently not symmetric); `NONFINITE` (NaN or inf
+        in `v`, the operator's output or the result); `NOT_POSITIVE_DEFINITE`
+        (`sqrt_action`: a Ritz value `<= 0`); `ILL_CONDITIONED`
+        (`funm_action(symmetric=False)`: ill-conditioned eigenbasis of the
+        Hessenberg matrix); `NOT_CONVERGED` (`exp_action(tol=...)` did not
+        reach `tol`); `INVALID_INPUT` (`exp_action`: a traced `t < 0`).
+        `matfree.status.message(status)` explains each code.
     error_estimate
-        A-posteriori estimate of the relative error `|approx - f(A) v| / |v|`
-        (`exp_action`: the sum over substeps of Saad's estimate; NaN where no
-        estimate is available, i.e. in `funm_action` and `sqrt_action`).
+        `exp_action`: a-posteriori estimate of the relative error
+        `|approx - expm(tA) v| / |v|` (the sum over substeps of Saad's
+        estimate). `None` for `funm_action` and `sqrt_action`, which have no
+        estimate.
     num_substeps
-        Number of Krylov steps (substeps) that were run (`1` for
+        Number of Krylov projections (substeps) that were run (`1` for
         `funm_action` and `sqrt_action`).
     num_matvecs
         Number of operator applications in the forward pass.
     """
 
+    value: Any
     status: jax.Array
-    error_estimate: jax.Array
+    error_estimate: jax.Array | None
     num_substeps: jax.Array
     num_matvecs: jax.Array
 
 
-def finish(value, info: FunmInfo, *, return_info: bool, throw: bool):
-    """Attach the run-time check to `value` and return what the caller asked for."""
+def finish(result: FunmResult, *, throw: bool) -> FunmResult:
+    """With `throw`, attach the run-time check to every field of `result`."""
     if throw:
-        status = info.status
-        value = jax.tree_util.tree_map(
-            lambda x: eqx.branched_error_if(x, status != 0, status, STATUS_MESSAGES),
-            value,
-        )
-    return (value, info) if return_info else value
+        return _status.error_if(result, result.status)
+    return result
 
 
-def first_problem(*conditions):
-    """Status code of the first true `(flag, code)` pair, else `STATUS_OK`."""
-    status = jnp.int32(STATUS_OK)
-    for flag, code in reversed(conditions):
-        status = jnp.where(flag, jnp.int32(code), status)
-    return status
+def decompose(method, matvec, v, **kwargs):
+    """Run `method` (`decomp.lanczos` or `decomp.arnoldi`) on `v`; return `(res, |v|)`.
+
+    A zero `v` has an empty Krylov space (`decomp` reports NaN and
+    `ZERO_VECTOR`), but `f(A) 0 = 0` needs none: a unit vector stands in and
+    the caller multiplies by `|v| = 0`. Use the returned norm, not
+    `res.init_norm`.
+    """
+    c = safe_norm(v)
+    e1 = jnp.zeros_like(v).at[0].set(1.0)
+    res = method(matvec, jnp.where(c > 0, v, e1), throw=False, **kwargs)
+    return res, c
 
 
 def all_finite(*arrays):

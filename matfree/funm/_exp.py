@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _checks, _dense, _flat, decomp
+from matfree import _adjoint, _checks, _dense, _flat, decomp, status
 from matfree._flat import safe_norm
 from matfree.funm import _common, _two_sided
+from matfree.funm._common import FunmResult
+from matfree.status import Status
 
 # Candidate step sizes in the adaptive mode: remaining * RATIO**j, j < NUM.
 _CANDIDATE_RATIO = 0.5**0.5
@@ -25,10 +27,9 @@ def exp_action(
     num_substeps: int = 1,
     tol=None,
     reortho: bool = True,
-    custom_vjp: bool = True,
-    return_info: bool = False,
+    gradient: str = "adjoint",
     throw: bool = True,
-):
+) -> FunmResult:
     r"""Compute `expm(t A) v` by Krylov projections over substeps of `[0, t]`.
 
     Each substep of length `tau` runs `depth` Arnoldi (or, with
@@ -61,7 +62,7 @@ def exp_action(
         Krylov depth per substep, static, `1 <= depth <= n`.
     symmetric
         Use Lanczos (cheaper) for a symmetric operator; a two-matvec check
-        reports generic non-symmetry as status `3`.
+        reports generic non-symmetry as status `NOT_SYMMETRIC`.
     num_substeps
         Static int `s >= 1`. Without `tol`: `[0, t]` is split into `s` equal
         substeps. With `tol`: the maximum number of adaptive substeps. Pick it
@@ -80,24 +81,28 @@ def exp_action(
         fewer than `num_substeps` substeps may run (under `vmap` all
         `num_substeps` are computed and masked). The last allowed substep
         covers whatever time remains; if the summed estimate then exceeds
-        `tol |v|`, status `5` is reported. The step sizes are treated as
+        `tol |v|`, status `NOT_CONVERGED` is reported. The step sizes are treated as
         constants for differentiation, so the result is differentiable.
         The estimate controls the value; its gradient converges more slowly,
         so use a tighter `tol` when you differentiate (see the docs page).
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always does it).
-    custom_vjp
-        Custom gradient rules (reverse mode); `False` differentiates the loops.
-    return_info
-        Also return a `FunmInfo` (status, summed relative error estimate,
-        substeps taken, matvecs).
+    gradient
+        `"adjoint"` (default): the custom gradient rules above (reverse mode
+        only; `jax.jvp` raises). `"autodiff"` differentiates the loops
+        (forward mode too, more memory).
     throw
-        Raise if the status is not ok (default; also under `jit`).
+        If `True` (default), a non-zero `status` raises (via
+        `matfree.status.error_if`, also under `jit`) whichever field of the
+        result is read. A traced negative `t` is status `INVALID_INPUT` (the
+        value is then NaN).
 
     Returns
     -------
-    value
-        `expm(t A) v`, like `v`; with `return_info=True`, `(value, info)`.
+    FunmResult
+        `value` is `expm(t A) v`, like `v`; `error_estimate` the summed
+        relative error estimate, `num_substeps` the substeps taken,
+        `num_matvecs` the operator applications.
 
     Examples
     --------
@@ -107,7 +112,7 @@ def exp_action(
     >>> A = jnp.array([[-2.0, 1.0, 0.0], [0.5, -1.0, 0.3], [0.0, 0.2, -3.0]])
     >>> v = jnp.array([1.0, 2.0, 3.0])
     >>> ev = matfree.exp_action(lambda x: A @ x, v, t=0.5, depth=3)
-    >>> jnp.allclose(ev, jax.scipy.linalg.expm(0.5 * A) @ v)
+    >>> jnp.allclose(ev.value, jax.scipy.linalg.expm(0.5 * A) @ v)
     Array(True, dtype=bool)
 
     References
@@ -118,6 +123,7 @@ def exp_action(
     exponential operator. SIAM J. Numer. Anal. 34 (1997).
     R. B. Sidje. Expokit. ACM TOMS 24 (1998).
     """
+    gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
     flat, op = _flat.flatten(matvec, v)
     depth = _checks.check_depth(depth, op.size)
     num_substeps = _checks.check_int(num_substeps, "num_substeps")
@@ -125,32 +131,35 @@ def exp_action(
     if tol is not None:
         tol = _check_tol(tol, flat.dtype)
 
-    step = _make_step(op, depth, symmetric, reortho, custom_vjp)
+    step = _make_step(op, depth, symmetric, reortho, gradient)
     if tol is None:
-        value, est, steps = _uniform(step, flat, t, num_substeps)
+        run = _adjoint.call(_uniform, gradient, step, flat, t, num_substeps)
     else:
-        value, est, steps = _adaptive(step, flat, t, tol, num_substeps)
+        run = _adjoint.call(_adaptive, gradient, step, flat, t, tol, num_substeps)
+    value, est, steps = run
 
     vnorm = jax.lax.stop_gradient(safe_norm(flat))
     rel_est = est / jnp.where(vnorm > 0, vnorm, 1.0)
     conditions = []
     if symmetric and op.size > 1:
-        conditions.append((_common.symmetry_defect(op, flat), _common.STATUS_NOT_SYMMETRIC))
-    conditions.append((~(t >= 0), _common.STATUS_NEGATIVE_TIME))
-    conditions.append((~_common.all_finite(value), _common.STATUS_NONFINITE))
+        conditions.append((_common.symmetry_defect(op, flat), Status.NOT_SYMMETRIC))
+    negative = ~(t >= 0)
+    conditions.append((negative, Status.INVALID_INPUT))
+    conditions.append((~_common.all_finite(value), Status.NONFINITE))
     if tol is not None:
-        conditions.append((~(rel_est <= tol), _common.STATUS_NOT_CONVERGED))
+        conditions.append((~(rel_est <= tol), Status.NOT_CONVERGED))
     extra = 2 if symmetric and op.size > 1 else 0
-    info = _common.FunmInfo(
-        status=_common.first_problem(*conditions),
+    result = FunmResult(
+        value=op.unravel(jnp.where(negative, jnp.nan, value)),
+        status=status.first(*conditions),
         error_estimate=rel_est,
         num_substeps=steps,
         num_matvecs=(steps * depth + extra).astype(jnp.int32),
     )
-    return _common.finish(op.unravel(value), info, return_info=return_info, throw=throw)
+    return _common.finish(result, throw=throw)
 
 
-def _make_step(op, depth, symmetric, reortho, custom_vjp):
+def _make_step(op, depth, symmetric, reortho, gradient):
     """Return `step(w, t, choose) -> (expm(tau A) w, estimate, tau / t)`.
 
     One Krylov decomposition of `w`; `choose(estimates_fn) -> fraction` picks
@@ -162,15 +171,18 @@ def _make_step(op, depth, symmetric, reortho, custom_vjp):
         return op.fn(x, *op.params)
 
     def step(w, t, choose):
-        if symmetric and custom_vjp:
+        if symmetric and gradient == "adjoint":
             return _two_sided_step(w, t, choose)
         if symmetric:
-            res = decomp.lanczos(matvec, w, depth, reortho=reortho, custom_vjp=custom_vjp)
+            res, c = _common.decompose(
+                decomp.lanczos, matvec, w, depth=depth, reortho=reortho, gradient=gradient
+            )
             K = res.tridiag()
         else:
-            res = decomp.arnoldi(matvec, w, depth, custom_vjp=custom_vjp)
+            res, c = _common.decompose(
+                decomp.arnoldi, matvec, w, depth=depth, gradient=gradient
+            )
             K = res.hessenberg
-        c = res.init_norm
         K = jnp.where(c > 0, K, 0.0)
         h = safe_norm(jax.lax.stop_gradient(res.residual))
         estimates = _estimator(K, h, c, t, symmetric)

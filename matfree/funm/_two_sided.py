@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from matfree import _dense, decomp
+from matfree.funm import _common
 
 
 def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None):
@@ -50,11 +51,14 @@ def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None):
 
 
 def _lanczos(fn, params, v, depth, reortho):
-    res = decomp.lanczos(lambda x: fn(x, *params), v, depth, reortho=reortho)
-    # A zero vector gives T = 0, where f may be infinite; f(A) 0 = 0 anyway.
-    eye = jnp.eye(depth, dtype=v.dtype)
-    T = jnp.where(res.init_norm > 0, res.tridiag(), eye)
-    return res.basis, T, res.residual, res.init_norm
+    # A zero vector (e.g. a zero cotangent) has no Krylov space, but f(A) 0 = 0:
+    # `decompose` runs on a stand-in unit vector and returns |v| = 0.
+    res, c = _common.decompose(
+        decomp.lanczos, lambda x: fn(x, *params), v, depth=depth, reortho=reortho
+    )
+    # f may be infinite on the stand-in's Ritz values; use T = I there.
+    T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=v.dtype))
+    return res.basis, T, res.residual, c
 
 
 def _apply(f, s, aux, Q, T, c):

@@ -288,8 +288,8 @@ def _sample(p, X, key, kernel, num_samples, depth, rows_per_block):
     Z = jax.random.normal(key, shape, X.dtype)
 
     def one(z):
-        y, info = funm.sqrt_action(mv, z, depth=depth, return_info=True, throw=False)
-        return y, info.status
+        r = funm.sqrt_action(mv, z, depth=depth, throw=False)
+        return r.value, r.status
 
     if num_samples is None:
         return one(Z)

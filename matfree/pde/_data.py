@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from matfree import _checks
+from matfree import status as _status
 from matfree.pde import _operators, _solve
 
 
@@ -82,24 +83,37 @@ def simulate(k, u0, times, *, depth: int, num_substeps: int = 1, operator=None):
     _solve.check_initial(u0[0] if batched else u0, k)
 
     _operators.check_positive(k)
-    out = []
+    out, status = trajectory(k, u0, times, depth, num_substeps, operator)
+    return _status.error_if(out, status)
+
+
+def trajectory(k, u0, times, depth, num_substeps, operator):
+    """`(solutions, status)` at `times` (checked) without raising: `simulate`'s core."""
+    batched = jnp.ndim(u0) == 3
+    out, codes = [], []
     u, previous = u0, 0.0
     for time in times:
         dt = jnp.asarray(time - previous, k.dtype)
-        u = _advance(k, u, dt, depth, num_substeps, operator, batched)
+        u, code = _advance(k, u, dt, depth, num_substeps, operator, batched)
         previous = time
         out.append(u)
-    return jnp.stack(out)
+        codes.append(code)
+    codes = jnp.stack(codes)
+    return jnp.stack(out), codes[jnp.argmax(codes != 0)]
 
 
 @eqx.filter_jit
 def _advance(k, u, dt, depth, num_substeps, operator, batched):
     def one(u):
-        return _solve.solve(
-            k, u, dt, depth=depth, num_substeps=num_substeps, operator=operator
+        r = _solve.solve(
+            k, u, dt, depth=depth, num_substeps=num_substeps, operator=operator, throw=False
         )
+        return r.value, r.status
 
-    return jax.vmap(one)(u) if batched else one(u)
+    if not batched:
+        return one(u)
+    values, codes = jax.vmap(one)(u)
+    return values, codes[jnp.argmax(codes != 0)]
 
 
 def check_times(times) -> list[float]:

@@ -81,8 +81,9 @@ def invert(
     progress
         Show a one-line progress bar with the loss and the time per step.
     throw
-        Raise at the first step whose loss is not finite; `False` stops the
-        loop there and returns the last good iterate with that status.
+        Raise at the first step whose loss has a non-zero status (a solve
+        that failed, a non-finite loss); `False` stops the loop there and
+        returns the last good iterate with that status.
 
     Returns
     -------
@@ -122,17 +123,13 @@ def invert(
 
     def loss(theta, key):
         del key
-        value = misfit(
-            jnp.exp(theta),
-            u0,
-            times,
-            observations,
-            depth=depth,
-            num_substeps=num_substeps,
-            operator=operator,
+        pred, status = _data.trajectory(
+            jnp.exp(theta), u0, times, depth, num_substeps, operator
         )
+        value = jnp.sum((pred - observations) ** 2) / jnp.sum(observations**2)
         value = value + smoothness * smoothness_penalty(theta)
-        return value, _status.first((~jnp.isfinite(value), _status.Status.NONFINITE))
+        bad = (status == _status.Status.OK) & ~jnp.isfinite(value)
+        return value, jnp.where(bad, jnp.int32(_status.Status.NONFINITE), status)
 
     theta, losses, seconds, status = minimize(
         loss,

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _checks
-from matfree.funm import exp_action
+from matfree import _checks, status
+from matfree.funm import FunmResult, exp_action
 from matfree.pde import _operators
-
-NONPOSITIVE_MESSAGE = (
-    "`k` must be positive everywhere (a diffusion coefficient); got a "
-    "non-positive entry. Parametrise it as `k = exp(theta)` or `softplus(theta)`."
-)
+from matfree.status import Status
 
 
 def solve(
@@ -28,10 +23,9 @@ def solve(
     operator: _operators.Operator | None = None,
     num_substeps: int = 1,
     tol=None,
-    custom_vjp: bool = True,
-    return_info: bool = False,
+    gradient: str = "adjoint",
     throw: bool = True,
-):
+) -> FunmResult:
     r"""Return `u(t) = expm(t A(k)) u0`, the solution of `du/dt = A(k) u` at time `t`.
 
     `A(k)` is `operator(k)` (default: `diffusion(k)`, symmetric negative
@@ -55,8 +49,8 @@ def solve(
     ----------
     k
         Positive coefficient field, shape `(ny, nx)`. Non-positive entries raise
-        `ValueError` (concrete `k`) or, under `jit`/`grad`, a run-time error
-        (`throw=True`).
+        `ValueError` (concrete `k`) or, traced under `jit`/`grad`, give status
+        `INVALID_INPUT` and a NaN value (raised with `throw=True`).
     u0
         Initial condition, shape `(ny, nx)`, same dtype as `k`.
     t
@@ -71,18 +65,19 @@ def solve(
         maximum number of adaptive substeps (with `tol`).
     tol
         Optional relative tolerance of `exp_action`'s adaptive substepping.
-    custom_vjp
-        Adjoint gradients (default); `False` differentiates through the loops.
-    return_info
-        Also return `exp_action`'s `FunmInfo` (status, error estimate, matvecs).
+    gradient
+        `"adjoint"` (default): the custom rules of `exp_action` (reverse mode
+        only); `"autodiff"` differentiates through the loops (forward mode too).
     throw
-        Raise on run-time problems (non-positive traced `k`, or a failed
-        `exp_action`); also under `jit`.
+        If `True` (default), a non-zero `status` (a non-positive traced `k`,
+        or a failed `exp_action`) raises via `matfree.status.error_if`, also
+        under `jit`, whichever field is read.
 
     Returns
     -------
-    u
-        `u(t)`, shape `(ny, nx)`; with `return_info=True`, `(u, info)`.
+    FunmResult
+        `value` is `u(t)`, shape `(ny, nx)`; `status`, `error_estimate`,
+        `num_substeps` and `num_matvecs` as in `exp_action`.
 
     Examples
     --------
@@ -91,7 +86,7 @@ def solve(
     >>> k = jnp.ones((8, 8))
     >>> y, x = pde.grid((8, 8))
     >>> u0 = jnp.sin(jnp.pi * x) * jnp.sin(jnp.pi * y)
-    >>> u = pde.solve(k, u0, 0.01, depth=8)
+    >>> u = pde.solve(k, u0, 0.01, depth=8).value
     >>> lam = -2 * 4 * 81 * jnp.sin(jnp.pi / 18) ** 2  # discrete eigenvalue
     >>> bool(jnp.allclose(u, jnp.exp(0.01 * lam) * u0))
     True
@@ -107,21 +102,22 @@ def solve(
     operator.check(k)
     u0 = check_initial(u0, k)
     check_time(t)
-    if throw and isinstance(k, jax.core.Tracer):
-        k = eqx.error_if(k, ~jnp.all(k > 0), NONPOSITIVE_MESSAGE)
-    matvec = operator(k)
-    return exp_action(
-        matvec,
+    res = exp_action(
+        operator(k),
         u0,
         t=t,
         depth=depth,
         symmetric=operator.symmetric,
         num_substeps=num_substeps,
         tol=tol,
-        custom_vjp=custom_vjp,
-        return_info=return_info,
-        throw=throw,
+        gradient=gradient,
+        throw=False,
     )
+    invalid = ~jnp.all(k > 0)  # only possible for a traced `k` (checked above)
+    code = jnp.where(invalid, jnp.int32(Status.INVALID_INPUT), res.status)
+    value = jnp.where(invalid, jnp.nan, res.value)
+    result = res._replace(value=value, status=code)
+    return status.error_if(result, code) if throw else result
 
 
 def check_initial(u0, k, name: str = "u0"):

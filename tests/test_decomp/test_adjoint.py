@@ -61,7 +61,9 @@ def test_vjp_equals_autodiff_through_the_loop(method, n, k, seed):
 
     def f(theta, v, custom):
         A = theta[0] * A0 + jnp.diag(theta[1:])
-        return outputs(run(lambda x: A @ x, v, k, custom_vjp=custom))
+        return outputs(
+            run(lambda x: A @ x, v, depth=k, gradient="adjoint" if custom else "autodiff")
+        )
 
     out, vjp_adj = jax.vjp(lambda t, v: f(t, v, True), theta, v0)
     _, vjp_ref = jax.vjp(lambda t, v: f(t, v, False), theta, v0)
@@ -75,7 +77,7 @@ def test_lanczos_check_grads_reverse_mode():
     A0 = matrices.spd_matrix(jax.random.PRNGKey(0), n, cond=10.0)
 
     def f(s, v):
-        res = decomp.lanczos(lambda x: s * (A0 @ x), v, k)
+        res = decomp.lanczos(lambda x: s * (A0 @ x), v, depth=k)
         T = res.tridiag()
         return res.init_norm**2 * _dense.funm_sym(jnp.log, T)[0, 0] + jnp.sum(res.basis[-1])
 
@@ -89,7 +91,7 @@ def test_arnoldi_check_grads_reverse_mode():
     )
 
     def f(s, v):
-        res = decomp.arnoldi(lambda x: s * (A0 @ x), v, k)
+        res = decomp.arnoldi(lambda x: s * (A0 @ x), v, depth=k)
         return res.init_norm * jax.scipy.linalg.expm(res.hessenberg)[0, 0] + jnp.sum(
             res.residual
         )
@@ -105,7 +107,7 @@ def test_lanczos_gradient_of_kernel_lengthscale_matches_dense():
 
     def via_lanczos(ell, v):
         mv = operators.kernel_matvec(x, lengthscale=ell, noise=0.5, rows_per_block=8)
-        res = decomp.lanczos(mv, v, n)
+        res = decomp.lanczos(mv, v, depth=n)
         return res.init_norm**2 * _dense.funm_sym(jnp.log, res.tridiag())[0, 0]
 
     def dense(ell, v):
@@ -130,7 +132,7 @@ def test_arnoldi_gradient_of_stencil_scale_matches_dense():
 
     def via_arnoldi(scale, v):
         lap = operators.laplace_2d(shape, scale=scale)
-        res = decomp.arnoldi(lambda u: -lap(u) + shift_matrix @ u, v, n)
+        res = decomp.arnoldi(lambda u: -lap(u) + shift_matrix @ u, v, depth=n)
         expH = jax.scipy.linalg.expm(res.hessenberg)
         return w @ (res.init_norm * res.basis.T @ expH[:, 0])
 
@@ -153,7 +155,9 @@ def test_adjoint_is_accurate_on_hilbert_matrices():
     v = jnp.ones(n)
 
     def via_lanczos(s, custom):
-        res = decomp.lanczos(lambda x: s * (H @ x), v, n, custom_vjp=custom)
+        res = decomp.lanczos(
+            lambda x: s * (H @ x), v, depth=n, gradient="adjoint" if custom else "autodiff"
+        )
         return res.init_norm**2 * _dense.funm_sym(jnp.exp, res.tridiag())[0, 0]
 
     exact = jax.grad(lambda s: v @ jax.scipy.linalg.expm(s * H) @ v)(1.0)
@@ -169,7 +173,7 @@ def test_float32_adjoint_matches_float64_reference():
     v64 = jax.random.normal(jax.random.PRNGKey(1), (n,))
 
     def f(s, v, A):
-        res = decomp.lanczos(lambda x: s * (A @ x), v, k)
+        res = decomp.lanczos(lambda x: s * (A @ x), v, depth=k)
         return res.init_norm**2 * _dense.funm_sym(jnp.log, res.tridiag())[0, 0]
 
     g32 = jax.grad(f, (0, 1))(
@@ -187,11 +191,11 @@ def test_batched_gradient_equals_sum_of_single_gradients():
     V0 = jax.random.normal(jax.random.PRNGKey(4), (m, n))
 
     def quad(s, v):
-        res = decomp.lanczos(lambda x: s * (A0 @ x), v, k)
+        res = decomp.lanczos(lambda x: s * (A0 @ x), v, depth=k)
         return res.init_norm**2 * _dense.funm_sym(jnp.log, res.tridiag())[0, 0]
 
     def quad_batched(s, V):
-        res = decomp.lanczos(lambda x: s * (A0 @ x), V, k, batched=True)
+        res = decomp.lanczos(lambda x: s * (A0 @ x), V, depth=k, batched=True)
         fT = _dense.funm_sym(jnp.log, res.tridiag())[:, 0, 0]
         return jnp.sum(res.init_norm**2 * fT)
 
@@ -209,7 +213,9 @@ def test_pytree_gradient():
         return {"a": out[:2], "b": out[2:]}
 
     def f(v, custom):
-        res = decomp.lanczos(matvec, v, 4, custom_vjp=custom)
+        res = decomp.lanczos(
+            matvec, v, depth=4, gradient="adjoint" if custom else "autodiff"
+        )
         return jnp.sum(res.basis["b"] ** 3) + jnp.sum(res.diag)
 
     v = {"a": jnp.ones(2), "b": jnp.arange(1.0, 5.0)}
@@ -217,13 +223,18 @@ def test_pytree_gradient():
     assert jnp.allclose(g1["a"], g2["a"]) and jnp.allclose(g1["b"], g2["b"])
 
 
-def test_forward_mode_needs_custom_vjp_false():
+def test_forward_mode_needs_gradient_autodiff():
     A = matrices.spd_matrix(jax.random.PRNGKey(0), 6)
 
     def f(s, custom):
-        return decomp.lanczos(lambda x: s * (A @ x), jnp.ones(6), 3, custom_vjp=custom).diag
+        return decomp.lanczos(
+            lambda x: s * (A @ x),
+            jnp.ones(6),
+            depth=3,
+            gradient="adjoint" if custom else "autodiff",
+        ).diag
 
-    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+    with pytest.raises(TypeError, match='gradient="autodiff"'):
         jax.jvp(lambda s: f(s, True), (1.0,), (1.0,))
     _, tangent = jax.jvp(lambda s: f(s, False), (1.0,), (1.0,))
     assert jnp.allclose(tangent, f(1.0, False))  # the diagonal is linear in s

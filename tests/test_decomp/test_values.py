@@ -22,7 +22,7 @@ def _nonsym(n, seed=0):
 def test_lanczos_full_depth_reproduces_eigenvalues(n):
     A = _sym(n)
     v0 = jax.random.normal(jax.random.PRNGKey(3), (n,))
-    res = decomp.lanczos(lambda v: A @ v, v0, n)
+    res = decomp.lanczos(lambda v: A @ v, v0, depth=n)
     expected = jnp.linalg.eigvalsh(A)
     assert jnp.allclose(jnp.linalg.eigvalsh(res.tridiag()), expected, rtol=1e-10)
     assert int(res.num_steps) == n
@@ -33,7 +33,7 @@ def test_lanczos_full_depth_reproduces_eigenvalues(n):
 def test_arnoldi_full_depth_reproduces_eigenvalues(n):
     A = _nonsym(n)
     v0 = jax.random.normal(jax.random.PRNGKey(3), (n,))
-    res = decomp.arnoldi(lambda v: A @ v, v0, n)
+    res = decomp.arnoldi(lambda v: A @ v, v0, depth=n)
     got = np.sort_complex(np.linalg.eigvals(np.asarray(res.hessenberg)))
     expected = np.sort_complex(np.linspace(-2.0, 3.0, n).astype(complex))
     assert np.allclose(got, expected, atol=1e-8)
@@ -44,7 +44,7 @@ def test_lanczos_relation_and_orthogonality(k):
     n = 50
     A = _sym(n)
     v0 = jax.random.normal(jax.random.PRNGKey(1), (n,))
-    res = decomp.lanczos(lambda v: A @ v, v0, k)
+    res = decomp.lanczos(lambda v: A @ v, v0, depth=k)
     Q, T = res.basis, res.tridiag()
     assert Q.shape == (k, n) and res.diag.shape == (k,) and res.offdiag.shape == (k - 1,)
     e_k = jnp.zeros(k).at[-1].set(1.0)
@@ -63,7 +63,7 @@ def test_arnoldi_relation_and_orthogonality(k):
     n = 50
     A = _nonsym(n)
     v0 = jax.random.normal(jax.random.PRNGKey(1), (n,))
-    res = decomp.arnoldi(lambda v: A @ v, v0, k)
+    res = decomp.arnoldi(lambda v: A @ v, v0, depth=k)
     Q, H = res.basis, res.hessenberg
     assert jnp.allclose(jnp.tril(H, -2), 0.0)
     e_k = jnp.zeros(k).at[-1].set(1.0)
@@ -77,7 +77,7 @@ def test_lanczos_float32_keeps_orthogonality_and_eigenvalues():
     n = 60
     A = _sym(n, dtype=jnp.float32)
     v0 = jax.random.normal(jax.random.PRNGKey(1), (n,), dtype=jnp.float32)
-    res = decomp.lanczos(lambda v: A @ v, v0, n)
+    res = decomp.lanczos(lambda v: A @ v, v0, depth=n)
     assert res.basis.dtype == jnp.float32
     assert jnp.allclose(res.basis @ res.basis.T, jnp.eye(n), atol=1e-5)
     evals = jnp.linalg.eigvalsh(res.tridiag())
@@ -89,8 +89,8 @@ def test_lanczos_without_reortho_loses_orthogonality_reortho_keeps_it():
     n = 100
     A = _sym(n)
     v0 = jnp.ones(n)
-    plain = decomp.lanczos(lambda v: A @ v, v0, 60, reortho=False)
-    full = decomp.lanczos(lambda v: A @ v, v0, 60)
+    plain = decomp.lanczos(lambda v: A @ v, v0, depth=60, reortho=False)
+    full = decomp.lanczos(lambda v: A @ v, v0, depth=60)
     err = lambda Q: jnp.max(jnp.abs(Q @ Q.T - jnp.eye(60)))  # noqa: E731
     assert err(full.basis) < 1e-12
     assert err(plain.basis) > 1e-6
@@ -100,7 +100,7 @@ def test_arnoldi_float32():
     n = 30
     A = _nonsym(n).astype(jnp.float32)
     v0 = jnp.ones(n, dtype=jnp.float32)
-    res = decomp.arnoldi(lambda v: A @ v, v0, 20)
+    res = decomp.arnoldi(lambda v: A @ v, v0, depth=20)
     Q = res.basis
     assert jnp.allclose(Q @ Q.T, jnp.eye(20), atol=1e-5)
     e_k = jnp.zeros(20).at[-1].set(1.0)
@@ -118,14 +118,14 @@ def test_pytree_vectors():
         return {"a": out[:n1], "b": out[n1:].reshape(2, 3)}
 
     v0 = {"a": jnp.ones(n1), "b": jnp.arange(6.0).reshape(2, 3)}
-    res = decomp.lanczos(matvec, v0, 5)
+    res = decomp.lanczos(matvec, v0, depth=5)
     flat_v0 = jnp.concatenate([v0["a"], v0["b"].reshape(-1)])
-    ref = decomp.lanczos(lambda v: A @ v, flat_v0, 5)
+    ref = decomp.lanczos(lambda v: A @ v, flat_v0, depth=5)
     assert res.basis["a"].shape == (5, n1) and res.basis["b"].shape == (5, 2, 3)
     assert jnp.allclose(res.basis["a"], ref.basis[:, :n1])
     assert jnp.allclose(res.diag, ref.diag)
     assert res.residual["b"].shape == (2, 3)
-    res_arn = decomp.arnoldi(matvec, v0, 5)
+    res_arn = decomp.arnoldi(matvec, v0, depth=5)
     assert jnp.allclose(res_arn.basis["b"].reshape(5, -1), ref.basis[:, n1:])
 
 
@@ -133,15 +133,15 @@ def test_jit_vmap_and_batched_agree():
     n, k = 20, 6
     A = _sym(n)
     V0 = jax.random.normal(jax.random.PRNGKey(2), (3, n))
-    run = jax.jit(lambda v: decomp.lanczos(lambda x: A @ x, v, k))
+    run = jax.jit(lambda v: decomp.lanczos(lambda x: A @ x, v, depth=k))
     vm = jax.vmap(run)(V0)
-    bat = decomp.lanczos(lambda x: A @ x, V0, k, batched=True)
+    bat = decomp.lanczos(lambda x: A @ x, V0, depth=k, batched=True)
     assert vm.basis.shape == bat.basis.shape == (3, k, n)
     assert jnp.allclose(vm.basis, bat.basis) and jnp.allclose(vm.diag, bat.diag)
     one = run(V0[1])
     assert jnp.allclose(one.offdiag, bat.offdiag[1])
-    arn_b = decomp.arnoldi(lambda x: A @ x, V0, k, batched=True)
-    arn_v = jax.vmap(lambda v: decomp.arnoldi(lambda x: A @ x, v, k))(V0)
+    arn_b = decomp.arnoldi(lambda x: A @ x, V0, depth=k, batched=True)
+    arn_v = jax.vmap(lambda v: decomp.arnoldi(lambda x: A @ x, v, depth=k))(V0)
     assert jnp.allclose(arn_b.hessenberg, arn_v.hessenberg)
 
 
@@ -151,7 +151,7 @@ def test_vmap_over_operator_parameters():
     scales = jnp.array([1.0, 2.0, 3.0])
 
     def diag_of(s):
-        return decomp.lanczos(lambda x: s * (A @ x), jnp.ones(n), k).diag
+        return decomp.lanczos(lambda x: s * (A @ x), jnp.ones(n), depth=k).diag
 
     out = jax.vmap(diag_of)(scales)
     assert jnp.allclose(out, scales[:, None] * diag_of(1.0)[None, :])
@@ -161,6 +161,6 @@ def test_kernel_operator_matches_dense():
     x = jax.random.uniform(jax.random.PRNGKey(0), (70, 2))
     mv = operators.kernel_matvec(x, lengthscale=0.3, noise=0.1, rows_per_block=16)
     K = operators.kernel_matrix(x, x, lengthscale=0.3) + 0.1 * jnp.eye(70)
-    a = decomp.lanczos(mv, jnp.ones(70), 10)
-    b = decomp.lanczos(lambda v: K @ v, jnp.ones(70), 10)
+    a = decomp.lanczos(mv, jnp.ones(70), depth=10)
+    b = decomp.lanczos(lambda v: K @ v, jnp.ones(70), depth=10)
     assert jnp.allclose(a.diag, b.diag) and jnp.allclose(a.basis, b.basis, atol=1e-10)
