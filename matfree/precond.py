@@ -128,8 +128,9 @@ class LowRank(eqx.Module):
     `phi(lam) = (f(s + lam) - f(s)) / lam` evaluated as a symmetric matrix
     function of `G` (an eigendecomposition with divided-difference
     derivatives: no SVD, finite gradients at repeated or zero eigenvalues),
-    and `log det P = log det(I + G / s) + n log s`. Cost `O(n k + k^3)` per
-    application (`O(m n k)` for a block of `m` rows). Everything is
+    and `log det P = log det(I + G / s) + n log s`. The three `k x k`
+    matrices are computed once, when `P` is built (`O(n k^2 + k^3)`); an
+    application then costs `O(n k)` (`O(m n k)` for a block of `m` rows). Everything is
     differentiable with respect to `factor` and `shift`.
 
     Attributes
@@ -163,6 +164,10 @@ class LowRank(eqx.Module):
     factor: jax.Array
     shift: jax.Array
     pivots: jax.Array | None = None
+    # The k x k matrices s^p psi(G / s) of the inverse, inverse square root and
+    # square root, computed once here (not once per application inside a solver's
+    # loop, where XLA would repeat the eigendecompositions every step).
+    _small: tuple = eqx.field(repr=False)
 
     def __init__(self, factor, shift, pivots=None):
         self.factor = jnp.asarray(factor)
@@ -170,6 +175,19 @@ class LowRank(eqx.Module):
             shift = jnp.asarray(shift, self.factor.dtype)
         self.shift = jnp.asarray(shift)
         self.pivots = pivots
+        B, s = self.factor, self.shift
+        if B.ndim == 2 and jnp.ndim(s) == 0 and B.dtype == s.dtype:  # else: check_init
+            G = (B.T @ B) / s
+            self._small = tuple(
+                s**power * _dense.funm_sym(psi, G)
+                for power, psi in (
+                    (-2, _psi_inverse),
+                    (-1.5, _psi_inv_sqrt),
+                    (-0.5, _psi_sqrt),
+                )
+            )
+        else:
+            self._small = ()
 
     def __check_init__(self):
         B, s = self.factor, self.shift
@@ -186,12 +204,11 @@ class LowRank(eqx.Module):
             )
             raise TypeError(msg)
 
-    def _funm(self, v, f_of_s, power, psi):
-        """`f(P) v = f(s) v + B (s^power psi(G / s)) B^T v`, v of shape (n,) or (m, n)."""
-        B, s = self.factor, self.shift
+    def _funm(self, v, f_of_s, which):
+        """`f(P) v = f(s) v + B M B^T v` with the precomputed `M = s^p psi(G / s)`."""
+        B = self.factor
         _check_block(v, B.shape[0])
-        M = s**power * _dense.funm_sym(psi, (B.T @ B) / s)
-        return f_of_s * v + ((v @ B) @ M) @ B.T
+        return f_of_s * v + ((v @ B) @ self._small[which]) @ B.T
 
     def __call__(self, v):
         """`P^{-1} v` (the preconditioner)."""
@@ -199,15 +216,15 @@ class LowRank(eqx.Module):
 
     def inverse(self, v):
         """`P^{-1} v`."""
-        return self._funm(v, 1 / self.shift, -2, _psi_inverse)
+        return self._funm(v, 1 / self.shift, 0)
 
     def inv_sqrt(self, v):
         """`P^{-1/2} v` (the symmetric inverse square root)."""
-        return self._funm(v, jax.lax.rsqrt(self.shift), -1.5, _psi_inv_sqrt)
+        return self._funm(v, jax.lax.rsqrt(self.shift), 1)
 
     def sqrt(self, v):
         """`P^{1/2} v` (the symmetric square root)."""
-        return self._funm(v, jnp.sqrt(self.shift), -0.5, _psi_sqrt)
+        return self._funm(v, jnp.sqrt(self.shift), 2)
 
     def matvec(self, v):
         """`P v`."""
