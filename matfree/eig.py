@@ -245,7 +245,7 @@ def spectral_density(
     if probes not in ("rademacher", "gaussian"):
         msg = f'`probes` must be "rademacher" or "gaussian"; got {probes!r}.'
         raise ValueError(msg)
-    stochtrace.check_key(key, probes)
+    _checks.check_key(key)
     if isinstance(grid, int) and not isinstance(grid, bool):
         num_points = _checks.check_int(grid, "grid", minimum=2)
     else:
@@ -254,7 +254,7 @@ def spectral_density(
         if grid.ndim != 1:
             msg = f"`grid` must be an int or a 1-D array of points; got shape {grid.shape}."
             raise ValueError(msg)
-    Z = stochtrace.sample_probes(key, num_probes, n, kind=probes, dtype=op.dtype)
+    Z = stochtrace.sample_probes(key, num_probes, n, probes=probes, dtype=op.dtype)
     res = decomp.lanczos(op, Z, depth, batched=True)
     nodes, S = jnp.linalg.eigh(res.tridiag())
     weights = (res.init_norm**2 / n)[:, None] * S[:, 0, :] ** 2

@@ -275,9 +275,15 @@ def log_marginal_likelihood(
     if gradient == "hutchinson":
         matvec = matmat_operator(matvec)
     ld = slq.logdet(
-        matvec, y, key=key_logdet, depth=depth, num_probes=num_probes, precond=P
+        matvec,
+        y,
+        key=key_logdet,
+        depth=depth,
+        num_probes=num_probes,
+        precond=P,
+        throw=False,
     )
-    logdet = ld.estimate
+    logdet = ld.value
     if gradient == "hutchinson":
         logdet = jax.lax.stop_gradient(logdet)
     value = -(quad + logdet + trace_term + const) / 2
