@@ -349,11 +349,13 @@ def _lanczos_f(f, op, depth, Zb, gradient):
     )
     eye = jnp.eye(depth, dtype=res.diag.dtype)
     T = jnp.where((started & finite)[:, None, None], res.tridiag(), eye)
-    ritz = jax.lax.stop_gradient(jnp.linalg.eigvalsh(T))
+    # One eigendecomposition for f(T) and the Ritz values.
+    fT, ritz = _dense.funm_sym_eigvals(f, T)
+    ritz = jax.lax.stop_gradient(ritz)
     rmin = jnp.where(started, ritz[:, 0], jnp.inf)
     rmax = jnp.where(started, ritz[:, -1], -jnp.inf)
     aux = {"ritz_min": rmin, "ritz_max": rmax, "finite": finite}
-    return res, _dense.funm_sym(f, T), aux
+    return res, fT, aux
 
 
 def logdet(

@@ -50,20 +50,12 @@ DRIFT = {
     "test_keywords_follow_the_conventions[matfree.gp._predict.sample_prior]",
     "test_keywords_follow_the_conventions[matfree.pde._solve.solve]",
     "test_keywords_follow_the_conventions[matfree.precond.pivoted_cholesky]",
-    "test_keywords_follow_the_conventions[matfree.slq.logdet]",
-    "test_keywords_follow_the_conventions[matfree.slq.trace_funm]",
     "test_keywords_follow_the_conventions[matfree.solvers._solve.solve]",
-    "test_keywords_follow_the_conventions[matfree.stochtrace.diagonal]",
-    "test_keywords_follow_the_conventions[matfree.stochtrace.sample_probes]",
-    "test_keywords_follow_the_conventions[matfree.stochtrace.trace]",
     "test_verbs_that_throw_return_a_result_with_status[matfree.funm._action.funm_action]",
     "test_verbs_that_throw_return_a_result_with_status[matfree.funm._action.sqrt_action]",
     "test_verbs_that_throw_return_a_result_with_status[matfree.funm._exp.exp_action]",
     "test_verbs_that_throw_return_a_result_with_status[matfree.pde._solve.solve]",
     "test_results_name_their_single_output_value[matfree.funm._common.FunmInfo]",
-    "test_results_name_their_single_output_value[matfree.slq.SLQEstimate]",
-    "test_results_name_their_single_output_value[matfree.stochtrace.DiagonalEstimate]",
-    "test_results_name_their_single_output_value[matfree.stochtrace.TraceEstimate]",
 }
 
 
