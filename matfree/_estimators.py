@@ -83,8 +83,19 @@ def check_random_key(key, probes):
     return key
 
 
-def check_options(method, probes, num_probes, n, *, chunk_size=None):
-    """Validate the options of an estimator; return them (`chunk_size` filled in)."""
+class Options(NamedTuple):
+    """Validated options of an estimator (see `check_options`)."""
+
+    method: str
+    probes: str
+    num_probes: int
+    chunk_size: int
+    n: int
+    dtype: Any
+
+
+def check_options(method, probes, num_probes, n, dtype=float, *, chunk_size=None):
+    """Validate the options of an estimator of an operator of size `n`."""
     method = _checks.check_choice(method, "method", METHODS)
     probes = _checks.check_choice(probes, "probes", PROBES)
     divisor = DIVISOR[method]
@@ -112,16 +123,16 @@ def check_options(method, probes, num_probes, n, *, chunk_size=None):
     if chunk_size is None:
         chunk_size = num_probes
     chunk_size = _checks.check_int(chunk_size, "chunk_size", maximum=num_probes)
-    return method, probes, num_probes, chunk_size
+    return Options(method, probes, num_probes, chunk_size, n, dtype)
 
 
-def estimate(
-    quadform, action, *, key, n: int, dtype, method, probes, num_probes, chunk_size
-) -> Estimate:
-    """Estimate `tr F` with the (validated) method; see the module docstring."""
-    quadform, action = _chunks(quadform, chunk_size), _chunks(action, chunk_size)
-    run = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}[method]
-    return run(quadform, action, key, n, dtype, probes, num_probes)
+def estimate(quadform, action, key, options: Options) -> Estimate:
+    """Estimate `tr F` with validated `options`; see the module docstring."""
+    quadform = _chunks(quadform, options.chunk_size)
+    action = _chunks(action, options.chunk_size)
+    run = {"hutchinson": _hutchinson, "hutch++": _hutchpp, "xtrace": _xtrace}
+    n, dtype, probes = options.n, options.dtype, options.probes
+    return run[options.method](quadform, action, key, n, dtype, probes, options.num_probes)
 
 
 def _hutchinson(quadform, _action, key, n, dtype, probes, num_probes):

@@ -250,21 +250,11 @@ def trace_funm(
         matvec = _preconditioned(matvec, precond)
     _, op = _flat.flatten(matvec, like, name="like")
     depth = _checks.check_depth(depth, op.size)
-    method, probes, num_probes, chunk_size = _estimators.check_options(
-        method, probes, num_probes, op.size, chunk_size=chunk_size
+    options = _estimators.check_options(
+        method, probes, num_probes, op.size, op.dtype, chunk_size=chunk_size
     )
     quadform, action = _lanczos_forms(f, op, depth, gradient)
-    est = _estimators.estimate(
-        quadform,
-        action,
-        key=key,
-        n=op.size,
-        dtype=op.dtype,
-        method=method,
-        probes=probes,
-        num_probes=num_probes,
-        chunk_size=chunk_size,
-    )
+    est = _estimators.estimate(quadform, action, key, options)
     value = est.value
     if precond is not None:
         value = value + precond.logdet()

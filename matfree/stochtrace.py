@@ -168,9 +168,7 @@ def trace(
     """
     _checks.check_callable(matvec)
     _, op = _flat.flatten(matvec, like, name="like")
-    method, probes, num_probes, chunk_size = _estimators.check_options(
-        method, probes, num_probes, op.size
-    )
+    options = _estimators.check_options(method, probes, num_probes, op.size, op.dtype)
     mv = jax.vmap(op)  # one batched matvec per block of probes
 
     def quadform(Z):
@@ -180,17 +178,7 @@ def trace(
         AZ = mv(Z)
         return AZ, jnp.sum(Z * AZ, axis=1), None
 
-    est = _estimators.estimate(
-        quadform,
-        action,
-        key=key,
-        n=op.size,
-        dtype=op.dtype,
-        method=method,
-        probes=probes,
-        num_probes=num_probes,
-        chunk_size=chunk_size,
-    )
+    est = _estimators.estimate(quadform, action, key, options)
     code = status.first((~jnp.isfinite(est.value), status.Status.NONFINITE))
     value, se = _nan_if(code, est.value, est.std_error)
     result = TraceEstimate(value, se, est.num_rows, code)
@@ -256,9 +244,8 @@ def diagonal(
     """
     _checks.check_callable(matvec)
     _, op = _flat.flatten(matvec, like, name="like")
-    _, probes, num_probes, _ = _estimators.check_options(
-        "hutchinson", probes, num_probes, 1
-    )
+    options = _estimators.check_options("hutchinson", probes, num_probes, op.size)
+    probes, num_probes = options.probes, options.num_probes
     Z = sample_probes(key, num_probes, op.size, probes=probes, dtype=op.dtype)
     samples = Z * jax.vmap(op)(Z)
     if probes == "unit":
