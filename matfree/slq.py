@@ -3,9 +3,11 @@ r"""Log-determinants and traces of matrix functions by stochastic Lanczos quadra
 `tr f(A) = E[z^T f(A) z]` for probes with `E[z z^T] = I`, and each quadratic
 form is approximated by Gauss quadrature from a Lanczos run started at `z`:
 `z^T f(A) z ≈ |z|^2 e_1^T f(T) e_1` (exact for polynomials of degree
-`< 2 depth`). All probes of a batch run as one block Lanczos iteration (one
-batched matvec per step); gradients come from the Lanczos adjoint and the
-tie-safe derivative of `f(T)` (no backpropagation through loops).
+`< 2 depth`). All probes of a chunk run as one block Lanczos iteration (one
+batched matvec per step); with `gradient="adjoint"` (default) gradients come
+from the Lanczos adjoint and the tie-safe derivative of `f(T)` (no
+backpropagation through loops), with `gradient="autodiff"` from JAX's
+autodiff through the loop (forward mode too).
 
 Three estimators of the average over probes (`method=`):
 
@@ -17,6 +19,9 @@ Three estimators of the average over probes (`method=`):
 - `"xtrace"`: every probe serves both the sketch and the correction
   (leave-one-out; Epperly, Tropp, Webber 2024), with `f(A) Ω` and `f(A) Q`
   from Lanczos actions and the diagonal quadratic forms by quadrature.
+
+The three estimators are implemented once (`matfree._estimators`, shared with
+`matfree.trace`), given the Lanczos quadratic forms and actions of `f(A)`.
 """
 
 from __future__ import annotations
@@ -320,8 +325,13 @@ def _lanczos_f(f, op, depth, Zb, gradient):
     `|z| = 0`, vanish; their Ritz values are ignored.
     """
     try:
-        # VOCAB-MERGE: lanczos(gradient=gradient)
-        res = decomp.lanczos(op, Zb, depth, batched=True, custom_vjp=gradient == "adjoint")
+        res = decomp.lanczos(
+            op,
+            Zb,
+            depth,
+            batched=True,
+            custom_vjp=gradient == "adjoint",  # VOCAB-MERGE: lanczos(gradient=gradient)
+        )
     except TypeError as err:
         if "jvp" not in str(err) and "forward-mode" not in str(err):
             raise
