@@ -44,7 +44,7 @@ def points(n, d=2):
     return jax.random.uniform(jax.random.PRNGKey(0), (n, d), dtype=jnp.float64)
 
 
-def slq_logdet(params, x, key, depth, num_probes, batch_size):
+def slq_logdet(params, x, key, depth, num_probes, chunk_size):
     mv = operators.kernel_matvec(
         x,
         lengthscale=params["lengthscale"],
@@ -58,9 +58,9 @@ def slq_logdet(params, x, key, depth, num_probes, batch_size):
         key=key,
         depth=depth,
         num_probes=num_probes,
-        batch_size=batch_size,
+        chunk_size=chunk_size,
     )
-    return est.estimate
+    return est.value
 
 
 def dense_logdet(params, x):
@@ -102,7 +102,7 @@ def rel(a, b):
     return float(abs(a - b) / abs(b))
 
 
-def bench_kernel(sizes, depth, num_probes, batch_size, reps, log):
+def bench_kernel(sizes, depth, num_probes, chunk_size, reps, log):
     rows = []
     key = jax.random.PRNGKey(1)
     for n in sizes:
@@ -111,7 +111,7 @@ def bench_kernel(sizes, depth, num_probes, batch_size, reps, log):
         log(f"n={n}: SLQ value (depth={depth}, probes={num_probes}) ...")
 
         def value(p, x=x):
-            return slq_logdet(p, x, key, depth, num_probes, batch_size)
+            return slq_logdet(p, x, key, depth, num_probes, chunk_size)
 
         c_v, t_v, m_v, est = timed(value, (PARAMS,), r)
         log(f"  {t_v:.2f} s (compile {c_v:.1f} s); value+grad ...")
@@ -169,7 +169,7 @@ def bench_trace_variance(budgets, num_keys, log):
             def one(key, m=m, method=method):
                 return matfree.trace(
                     lambda v: A @ v, jnp.zeros(n), key=key, num_probes=m, method=method
-                ).estimate
+                ).value
 
             est = jax.jit(jax.vmap(one))(keys)
             errs.append(float(jnp.sqrt(jnp.mean((est - truth) ** 2)) / truth))
@@ -183,17 +183,17 @@ def main():
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     args = parser.parse_args()
     if args.quick:
-        sizes, depth, probes, batch, reps = [512, 1024], 10, 4, None, 1
+        sizes, depth, probes, chunk, reps = [512, 1024], 10, 4, None, 1
         budgets, num_keys = [6, 12, 24], 50
     else:
-        sizes, depth, probes, batch, reps = [2048, 4096, 16384], 30, 16, None, 3
+        sizes, depth, probes, chunk, reps = [2048, 4096, 16384], 30, 16, None, 3
         budgets, num_keys = [6, 12, 24, 48, 96, 192], 300
 
     def log(msg):
         print(msg, flush=True)
 
     log(f"jax {jax.__version__}, devices {jax.devices()}; {LOAD}")
-    rows = bench_kernel(sizes, depth, probes, batch, reps, log)
+    rows = bench_kernel(sizes, depth, probes, chunk, reps, log)
     log("trace estimators at equal matvec budget (n=1000, 20 decaying + flat noise) ...")
     variance = bench_trace_variance(budgets, num_keys, log)
     write_results(args, rows, variance, budgets, depth, probes, num_keys)

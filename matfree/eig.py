@@ -257,7 +257,7 @@ def spectral_density(
     depth = _checks.check_depth(depth, n)
     num_probes = _checks.check_int(num_probes, "num_probes")
     _checks.check_choice(probes, "probes", ("rademacher", "gaussian"))
-    stochtrace.check_key(key, probes)
+    _checks.check_key(key)
     if isinstance(grid, int) and not isinstance(grid, bool):
         num_points = _checks.check_int(grid, "grid", minimum=2)
     else:
@@ -266,7 +266,7 @@ def spectral_density(
         if grid.ndim != 1:
             msg = f"`grid` must be an int or a 1-D array of points; got shape {grid.shape}."
             raise ValueError(msg)
-    Z = stochtrace.sample_probes(key, num_probes, n, kind=probes, dtype=op.dtype)
+    Z = stochtrace.sample_probes(key, num_probes, n, probes=probes, dtype=op.dtype)
     res = decomp.lanczos(op, Z, depth=depth, batched=True, throw=False)
     finite = jnp.all(res.status == Status.OK)
     # Keep the (batched) eigh away from NaN; the density becomes NaN below.

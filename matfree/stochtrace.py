@@ -15,23 +15,24 @@ Kokiopoulou, Saad 2007).
 
 All estimators return their standard error alongside the estimate, run every
 matvec of one sketch as one batched matvec (`jax.vmap`), and are
-differentiable w.r.t. every array the matvec closes over.
+differentiable w.r.t. every array the matvec closes over. The estimators are
+implemented once (in `matfree._estimators`) and shared with `matfree.slq`.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _flat
+from matfree import _checks, _estimators, _flat, status
+from matfree._estimators import sample_probes
 
 __all__ = ["DiagonalEstimate", "TraceEstimate", "diagonal", "sample_probes", "trace"]
 
-METHODS = ("hutchinson", "hutch++", "xtrace")
-PROBES = ("rademacher", "gaussian", "unit")
+METHODS = _estimators.METHODS
+PROBES = _estimators.PROBES
 
 
 class TraceEstimate(NamedTuple):
@@ -39,8 +40,8 @@ class TraceEstimate(NamedTuple):
 
     Attributes
     ----------
-    estimate
-        The trace estimate, a scalar.
+    value
+        The trace estimate, a scalar (NaN when `status != 0`).
     std_error
         Its estimated standard error (the sample standard deviation of the
         per-probe estimates divided by the square root of their number;
@@ -50,11 +51,12 @@ class TraceEstimate(NamedTuple):
         The number of products with the operator that were used (a static
         int).
     status
-        `0` ok; `2` non-finite values (NaN or inf) in the operator's output or
-        the estimate (then the estimate is not finite either).
+        A `matfree.status` code: `0` (`OK`) or `4` (`NONFINITE`: NaN or inf
+        in the operator's output or the estimate; then `value` is NaN). With
+        `throw=True` a non-zero status raises.
     """
 
-    estimate: jax.Array
+    value: jax.Array
     std_error: jax.Array
     num_matvecs: int
     status: jax.Array
@@ -65,80 +67,21 @@ class DiagonalEstimate(NamedTuple):
 
     Attributes
     ----------
-    estimate
-        The estimated diagonal, shaped like `like`.
+    value
+        The estimated diagonal, shaped like `like` (NaN when `status != 0`).
     std_error
         Entry-wise standard errors, shaped like `like`.
     num_matvecs
         The number of products with the operator that were used.
     status
-        `0` ok; `2` non-finite values in the operator's output.
+        `0` (`OK`) or `4` (`NONFINITE`: non-finite values in the operator's
+        output). With `throw=True` a non-zero status raises.
     """
 
-    estimate: Any
+    value: Any
     std_error: Any
     num_matvecs: int
     status: jax.Array
-
-
-def sample_probes(key, num_probes: int, n: int, *, kind: str = "rademacher", dtype=float):
-    """Return `num_probes` probe vectors of size `n`, shape `(num_probes, n)`.
-
-    `kind` is `"rademacher"` (entries +-1), `"gaussian"` (standard normal) or
-    `"unit"` (the unit vectors `e_1, ..., e_n`; needs `num_probes == n`, no
-    `key`). Every kind satisfies `E[z z^T] = I` (for `"unit"`, up to the factor
-    `n`, which the estimators account for).
-
-    Examples
-    --------
-    >>> import jax
-    >>> Z = sample_probes(jax.random.PRNGKey(0), 3, 4)
-    >>> Z.shape, bool(jax.numpy.all(jax.numpy.abs(Z) == 1))
-    ((3, 4), True)
-    """
-    kind = check_probes(kind)
-    if kind == "unit":
-        if num_probes != n:
-            msg = (
-                f'`probes="unit"` uses every unit vector and needs `num_probes` == n '
-                f"= {n}; got num_probes={num_probes}. Use random probes for fewer."
-            )
-            raise ValueError(msg)
-        return jnp.eye(n, dtype=dtype)
-    check_key(key, kind)
-    if kind == "rademacher":
-        return jax.random.rademacher(key, (num_probes, n), dtype=dtype)
-    return jax.random.normal(key, (num_probes, n), dtype=dtype)
-
-
-def check_probes(kind) -> str:
-    """Check the `probes` argument."""
-    if kind not in PROBES:
-        msg = f"`probes` must be one of {PROBES}; got {kind!r}."
-        raise ValueError(msg)
-    return kind
-
-
-def check_key(key, kind) -> None:
-    """Check that a random key was given for random probes."""
-    if key is None:
-        msg = (
-            f'`key` is required for random probes (probes="{kind}"); pass e.g. '
-            '`key=jax.random.PRNGKey(0)`, or use `probes="unit"` (deterministic).'
-        )
-        raise TypeError(msg)
-
-
-def _mean_and_std_error(samples, deterministic: bool):
-    """Sample mean over the leading axis and its standard error."""
-    m = samples.shape[0]
-    mean = jnp.mean(samples, axis=0)
-    if deterministic:
-        return mean, jnp.zeros_like(mean)
-    if m == 1:
-        return mean, jnp.full_like(mean, jnp.inf)
-    var = jnp.sum((samples - mean) ** 2, axis=0) / (m - 1)
-    return mean, jnp.sqrt(var / m)
 
 
 def trace(
@@ -149,7 +92,7 @@ def trace(
     num_probes: int,
     method: str = "hutchinson",
     probes: str = "rademacher",
-    throw: bool = False,
+    throw: bool = True,
 ) -> TraceEstimate:
     r"""Estimate the trace of a square operator from matrix-vector products.
 
@@ -176,13 +119,14 @@ def trace(
         `"gaussian"`, or `"unit"` (`"hutchinson"` only, `num_probes == n`:
         the exact trace from all unit vectors).
     throw
-        Raise (via `equinox.error_if`) if values are not finite, instead of
-        only reporting it in `status`.
+        If `True` (default), a non-zero status raises (via
+        `matfree.status.error_if`, attached to every field of the result, also
+        under `jit`). With `False`, inspect `status` yourself.
 
     Returns
     -------
     TraceEstimate
-        `estimate`, `std_error`, `num_matvecs`, `status`.
+        `value`, `std_error`, `num_matvecs`, `status`.
 
     Notes
     -----
@@ -219,145 +163,31 @@ def trace(
     >>> A = jnp.diag(jnp.arange(1.0, 101.0))
     >>> est = trace(lambda v: A @ v, jnp.zeros(100), key=jax.random.PRNGKey(0),
     ...             num_probes=30, method="xtrace")
-    >>> bool(jnp.abs(est.estimate - 5050.0) < 4 * est.std_error + 1e-6)
+    >>> bool(jnp.abs(est.value - 5050.0) < 4 * est.std_error + 1e-6)
     True
     """
     _checks.check_callable(matvec)
     _, op = _flat.flatten(matvec, like, name="like")
-    n = op.size
-    if method not in METHODS:
-        msg = f"`method` must be one of {METHODS}; got {method!r}."
-        raise ValueError(msg)
-    kind = check_probes(probes)
-    minimum = {"hutchinson": 1, "hutch++": 3, "xtrace": 2}[method]
-    num_probes = _checks.check_int(num_probes, "num_probes", minimum=minimum)
-    if kind == "unit" and method != "hutchinson":
-        msg = (
-            '`probes="unit"` is exact and needs no variance reduction; use '
-            f'`method="hutchinson"`, not {method!r}.'
-        )
-        raise ValueError(msg)
+    options = _estimators.check_options(method, probes, num_probes, op.size, op.dtype)
     mv = jax.vmap(op)  # one batched matvec per block of probes
 
-    if method == "hutchinson":
-        Z = sample_probes(key, num_probes, n, kind=kind, dtype=op.dtype)
-        samples = jnp.sum(Z * mv(Z), axis=1)
-        if kind == "unit":
-            samples = n * samples
-        est, se = _mean_and_std_error(samples, kind == "unit")
-        return _trace_result(est, se, num_probes, throw)
+    def quadform(Z):
+        return jnp.sum(Z * mv(Z), axis=1), None
 
-    if method == "hutch++":
-        k = num_probes // 3
-        if k > n:
-            msg = (
-                f'`num_probes` // 3 must be at most n = {n} for `method="hutch++"`; '
-                f"got num_probes={num_probes}."
-            )
-            raise ValueError(msg)
-        key_s, key_g = jax.random.split(_check_random_key(key, kind))
-        S = sample_probes(key_s, k, n, kind=kind, dtype=op.dtype)
-        G = sample_probes(key_g, num_probes - 2 * k, n, kind=kind, dtype=op.dtype)
-        Q, _ = jnp.linalg.qr(mv(S).T)  # (n, k)
-        Qt = Q.T
-        low_rank = jnp.sum(Qt * mv(Qt))
-        Gp = G - (G @ Q) @ Qt  # (I - QQ^T) g, rows
-        samples = jnp.sum(Gp * mv(Gp), axis=1)
-        est, se = _mean_and_std_error(samples, False)
-        return _trace_result(low_rank + est, se, num_probes, throw)
+    def action(Z):
+        AZ = mv(Z)
+        return AZ, jnp.sum(Z * AZ, axis=1), None
 
-    # XTrace
-    s = num_probes // 2
-    if s > n:
-        msg = (
-            f'`num_probes` // 2 must be at most n = {n} for `method="xtrace"`; '
-            f"got num_probes={num_probes}."
-        )
-        raise ValueError(msg)
-    Om = sample_probes(_check_random_key(key, kind), s, n, kind=kind, dtype=op.dtype)
-    samples = _xtrace_samples(mv, Om)
-    est, se = _mean_and_std_error(samples, False)
-    return _trace_result(est, se, 2 * s, throw)
+    est = _estimators.estimate(quadform, action, key, options)
+    code = status.first((~jnp.isfinite(est.value), status.Status.NONFINITE))
+    value, se = _nan_if(code, est.value, est.std_error)
+    result = TraceEstimate(value, se, est.num_rows, code)
+    return status.error_if(result, code) if throw else result
 
 
-def _status(*arrays):
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in arrays]))
-    return jnp.where(finite, 0, 2).astype(jnp.int32)
-
-
-def _raise_if(x, status, throw):
-    if throw:
-        msg = "non-finite values (NaN or inf) in the operator's output or the estimate."
-        x = eqx.error_if(x, status != 0, msg)
-    return x
-
-
-def _trace_result(est, se, num_matvecs, throw):
-    status = _status(est)
-    return TraceEstimate(_raise_if(est, status, throw), se, num_matvecs, status)
-
-
-def _check_random_key(key, kind):
-    check_key(key, kind)
-    return key
-
-
-def _xtrace_samples(mv, Om):
-    """Leave-one-out estimates of XTrace for probes `Om` (s, n) (rows)."""
-    Y = mv(Om)  # A omega_i, rows (s, n)
-    Q, R = jnp.linalg.qr(Y.T)  # (n, s), (s, s)
-    Qt = Q.T
-    Z = mv(Qt)  # A q_j, rows (s, n)
-    d = jnp.sum(Om * Y, axis=1)
-    return _xtrace_loo(R, Qt @ Om.T, Qt @ Z.T, Om @ Z.T, d)
-
-
-def _xtrace_loo(R, W, H, M, d):
-    r"""The `s` leave-one-out estimates of XTrace from its sketch's small matrices.
-
-    For a symmetric `F` (`A` for `trace`, `f(A)` for `matfree.slq`), probes
-    `Ω` (rows `ω_i`) and `F Ω^T = Q R` (thin QR), sample `i` is
-    `tr(Q_i^T F Q_i) + u_i^T F u_i` with `Q_i = orth(F Ω_{-i}^T)` (leave one
-    out) and `u_i = (I - Q_i Q_i^T) ω_i`. It needs no product with `F`
-    beyond `F Ω^T` and `F Q`: `Q_i Q_i^T = Q (I - s_i s_i^T) Q^T` with `s_i`
-    the normalised `i`-th column of `R^{-T}` (a rank-one downdate), so
-    everything is a function of the `(s, s)` matrices below.
-
-    Parameters
-    ----------
-    R
-        The triangular factor of `F Ω^T = Q R`; column `i` is `Q^T F ω_i`.
-    W
-        `Q^T Ω^T`.
-    H
-        `Q^T F Q` (only its symmetric part enters).
-    M
-        `Ω F Q`: row `i` is `ω_i^T F Q`.
-    d
-        `diag(Ω F Ω^T)`, shape `(s,)`.
-
-    Returns
-    -------
-    The `s` estimates, each unbiased for `tr F` when the products are exact.
-    """
-    # s_i: the unit vector orthogonal to the other columns of R. A (near)
-    # rank-deficient sketch gets its tiny pivots floored so that R^{-T} stays
-    # finite.
-    diag = jnp.diagonal(R)
-    floor = jnp.finfo(R.dtype).eps * jnp.max(jnp.abs(diag))
-    diag_safe = jnp.where(jnp.abs(diag) > floor, diag, jnp.where(diag < 0, -floor, floor))
-    R_safe = R - jnp.diag(diag) + jnp.diag(diag_safe)
-    eye = jnp.eye(R.shape[0], dtype=R.dtype)
-    Sm = jax.scipy.linalg.solve_triangular(R_safe, eye, trans="T", lower=False)
-    Sm = Sm / jnp.linalg.norm(Sm, axis=0, keepdims=True)
-    # Low-rank part: tr(Q_i^T F Q_i) = tr(H) - s_i^T H s_i.
-    low_rank = jnp.trace(H) - jnp.sum(Sm * (H @ Sm), axis=0)
-    # u_i = omega_i - Q v_i with v_i = w_i - s_i (s_i^T w_i), as columns of V.
-    V = W - Sm * jnp.sum(Sm * W, axis=0)
-    # u_i^T F u_i = omega_i^T F omega_i - omega_i^T F Q v_i - v_i^T Q^T F omega_i
-    #               + v_i^T H v_i.
-    cross = jnp.sum(M.T * V, axis=0) + jnp.sum(R * V, axis=0)
-    return low_rank + d - cross + jnp.sum(V * (H @ V), axis=0)
+def _nan_if(code, *arrays):
+    """Set `arrays` to NaN where `code` is non-zero (a result that was not computed)."""
+    return tuple(jnp.where(code != 0, jnp.nan, a) for a in arrays)
 
 
 def diagonal(
@@ -367,7 +197,7 @@ def diagonal(
     key,
     num_probes: int,
     probes: str = "rademacher",
-    throw: bool = False,
+    throw: bool = True,
 ) -> DiagonalEstimate:
     r"""Estimate the diagonal of a square operator: the mean of `z ⊙ (A z)`.
 
@@ -385,12 +215,13 @@ def diagonal(
         `"rademacher"` (default; exact for diagonal `A`), `"gaussian"`, or
         `"unit"` (`num_probes == n`; exact).
     throw
-        Raise (via `equinox.error_if`) if values are not finite.
+        If `True` (default), a non-zero status raises (attached to every field
+        of the result); with `False`, inspect `status` yourself.
 
     Returns
     -------
     DiagonalEstimate
-        `estimate` and `std_error` shaped like `like`, `num_matvecs`, `status`.
+        `value` and `std_error` shaped like `like`, `num_matvecs`, `status`.
 
     Notes
     -----
@@ -408,18 +239,19 @@ def diagonal(
     >>> A = jnp.diag(jnp.arange(1.0, 5.0))
     >>> d = diagonal(lambda v: A @ v, jnp.zeros(4), key=jax.random.PRNGKey(0),
     ...              num_probes=2)
-    >>> d.estimate
+    >>> d.value
     Array([1., 2., 3., 4.], dtype=float64)
     """
     _checks.check_callable(matvec)
     _, op = _flat.flatten(matvec, like, name="like")
-    kind = check_probes(probes)
-    num_probes = _checks.check_int(num_probes, "num_probes")
-    Z = sample_probes(key, num_probes, op.size, kind=kind, dtype=op.dtype)
+    options = _estimators.check_options("hutchinson", probes, num_probes, op.size)
+    probes, num_probes = options.probes, options.num_probes
+    Z = sample_probes(key, num_probes, op.size, probes=probes, dtype=op.dtype)
     samples = Z * jax.vmap(op)(Z)
-    if kind == "unit":
+    if probes == "unit":
         samples = op.size * samples
-    est, se = _mean_and_std_error(samples, kind == "unit")
-    status = _status(est)
-    est = _raise_if(est, status, throw)
-    return DiagonalEstimate(op.unravel(est), op.unravel(se), num_probes, status)
+    mean, se = _estimators.mean_and_std_error(samples, deterministic=probes == "unit")
+    code = status.first((~jnp.all(jnp.isfinite(mean)), status.Status.NONFINITE))
+    mean, se = _nan_if(code, mean, se)
+    result = DiagonalEstimate(op.unravel(mean), op.unravel(se), num_probes, code)
+    return status.error_if(result, code) if throw else result

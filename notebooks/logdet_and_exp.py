@@ -70,7 +70,7 @@ def dense_logdet(p):
 def slq(p, key, depth, num_probes):
     return matfree.logdet(
         matvec_of(p), jnp.zeros(N), key=key, depth=depth, num_probes=num_probes
-    ).estimate
+    ).value
 
 
 ref, ref_grad = jax.value_and_grad(dense_logdet)(params)

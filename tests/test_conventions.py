@@ -38,16 +38,7 @@ GRADIENTS = ("adjoint", "autodiff", "hutchinson")
 # Verbs not yet migrated to the vocabulary (issue #10). Each is a strict
 # xfail: when a verb is fixed its entry must be deleted, and the list must end
 # empty. Nothing may be added to it.
-DRIFT = {
-    "test_keywords_follow_the_conventions[matfree.slq.logdet]",
-    "test_keywords_follow_the_conventions[matfree.slq.trace_funm]",
-    "test_keywords_follow_the_conventions[matfree.stochtrace.diagonal]",
-    "test_keywords_follow_the_conventions[matfree.stochtrace.sample_probes]",
-    "test_keywords_follow_the_conventions[matfree.stochtrace.trace]",
-    "test_results_name_their_single_output_value[matfree.slq.SLQEstimate]",
-    "test_results_name_their_single_output_value[matfree.stochtrace.DiagonalEstimate]",
-    "test_results_name_their_single_output_value[matfree.stochtrace.TraceEstimate]",
-}
+DRIFT = {}
 
 
 def _params(test, items):

@@ -42,11 +42,17 @@ def estimates(method, probes, num_probes=30):
     return jax.jit(jax.vmap(one))(keys)
 
 
-@functools.partial(jax.jit, static_argnames=("num_probes", "method", "probes"))
-def trace_of(A, key, *, num_probes, method="hutchinson", probes="rademacher"):
+@functools.partial(jax.jit, static_argnames=("num_probes", "method", "probes", "throw"))
+def trace_of(A, key, *, num_probes, method="hutchinson", probes="rademacher", throw=True):
     like = jnp.zeros(A.shape[0], A.dtype)
     return matfree.trace(
-        lambda v: A @ v, like, key=key, num_probes=num_probes, method=method, probes=probes
+        lambda v: A @ v,
+        like,
+        key=key,
+        num_probes=num_probes,
+        method=method,
+        probes=probes,
+        throw=throw,
     )
 
 
@@ -57,8 +63,8 @@ CASES = [(m, p) for m in stochtrace.METHODS for p in ("rademacher", "gaussian")]
 def test_trace_unbiased(method, probes):
     est = estimates(method, probes)
     truth = jnp.trace(low_rank_plus_noise())
-    spread = jnp.std(est.estimate) / jnp.sqrt(NUM_KEYS)
-    assert jnp.abs(jnp.mean(est.estimate) - truth) < 4 * spread
+    spread = jnp.std(est.value) / jnp.sqrt(NUM_KEYS)
+    assert jnp.abs(jnp.mean(est.value) - truth) < 4 * spread
     assert est.num_matvecs[0] == 30
     assert jnp.all(jnp.isfinite(est.std_error))
 
@@ -66,15 +72,15 @@ def test_trace_unbiased(method, probes):
 @pytest.mark.parametrize(("method", "probes"), CASES)
 def test_std_error_matches_spread(method, probes):
     est = estimates(method, probes)
-    ratio = jnp.mean(est.std_error) / jnp.std(est.estimate)
+    ratio = jnp.mean(est.std_error) / jnp.std(est.value)
     assert 0.6 < ratio < 1.4
 
 
 @pytest.mark.parametrize("probes", ["rademacher", "gaussian"])
 def test_variance_reduction_on_low_rank_plus_noise(probes):
-    hutch = jnp.std(estimates("hutchinson", probes).estimate)
+    hutch = jnp.std(estimates("hutchinson", probes).value)
     for method in ("hutch++", "xtrace"):
-        assert jnp.std(estimates(method, probes).estimate) < hutch / 10
+        assert jnp.std(estimates(method, probes).value) < hutch / 10
 
 
 def test_hutchinson_variance_formula():
@@ -82,7 +88,7 @@ def test_hutchinson_variance_formula():
     A = low_rank_plus_noise()
     est = estimates("hutchinson", "gaussian")
     expected = jnp.sqrt(2 * jnp.sum(A**2) / 30)
-    assert jnp.abs(jnp.std(est.estimate) / expected - 1) < 0.15
+    assert jnp.abs(jnp.std(est.value) / expected - 1) < 0.15
 
 
 def test_unit_probes_exact():
@@ -90,7 +96,7 @@ def test_unit_probes_exact():
     est = matfree.trace(
         lambda v: A @ v, jnp.zeros(N), key=None, num_probes=N, probes="unit"
     )
-    assert jnp.allclose(est.estimate, jnp.trace(A), rtol=1e-13)
+    assert jnp.allclose(est.value, jnp.trace(A), rtol=1e-13)
     assert est.std_error == 0
 
 
@@ -100,7 +106,7 @@ def test_low_rank_exact_for_sketch_methods():
     A = U @ U.T
     for method in ("hutch++", "xtrace"):
         est = trace_of(A, jax.random.PRNGKey(3), num_probes=30, method=method)
-        assert jnp.allclose(est.estimate, jnp.trace(A), rtol=1e-8), method
+        assert jnp.allclose(est.value, jnp.trace(A), rtol=1e-8), method
         assert jnp.isfinite(est.std_error)
 
 
@@ -113,9 +119,9 @@ def test_pytree_vectors():
         return flat(A @ jax.flatten_util.ravel_pytree(v)[0])
 
     est = matfree.trace(mv, like, key=None, num_probes=N, probes="unit")
-    assert jnp.allclose(est.estimate, jnp.trace(A))
+    assert jnp.allclose(est.value, jnp.trace(A))
     d = stochtrace.diagonal(mv, like, key=None, num_probes=N, probes="unit")
-    assert jnp.allclose(jax.flatten_util.ravel_pytree(d.estimate)[0], jnp.diag(A))
+    assert jnp.allclose(jax.flatten_util.ravel_pytree(d.value)[0], jnp.diag(A))
 
 
 @pytest.mark.parametrize("method", stochtrace.METHODS)
@@ -124,9 +130,7 @@ def test_gradient_wrt_closed_over_matrix(method):
 
     @jax.jit
     def f(B):
-        return trace_of(
-            B @ B.T, jax.random.PRNGKey(5), num_probes=30, method=method
-        ).estimate
+        return trace_of(B @ B.T, jax.random.PRNGKey(5), num_probes=30, method=method).value
 
     check_grads(f, (B,), order=1, modes=["rev"])
 
@@ -138,7 +142,7 @@ def test_gradient_of_unbiased_estimate_is_unbiased():
     def f(s, key):
         return matfree.trace(
             lambda v: s * (A @ v), jnp.zeros(N), key=key, num_probes=6
-        ).estimate
+        ).value
 
     g = jax.jit(jax.vmap(jax.grad(f), in_axes=(None, 0)))(
         2.0, jax.random.split(jax.random.PRNGKey(6), NUM_KEYS)
@@ -150,8 +154,8 @@ def test_float32():
     A = low_rank_plus_noise(jnp.float32)
     for method in stochtrace.METHODS:
         est = trace_of(A, jax.random.PRNGKey(7), num_probes=30, method=method)
-        assert est.estimate.dtype == jnp.float32
-        assert jnp.abs(est.estimate - jnp.trace(A)) < 5 * est.std_error + 1e-3
+        assert est.value.dtype == jnp.float32
+        assert jnp.abs(est.value - jnp.trace(A)) < 5 * est.std_error + 1e-3
 
 
 def test_diagonal_unbiased_and_exact_cases():
@@ -162,18 +166,18 @@ def test_diagonal_unbiased_and_exact_cases():
         return stochtrace.diagonal(lambda v: A @ v, jnp.zeros(N), key=key, num_probes=10)
 
     d = jax.jit(jax.vmap(one))(keys)
-    spread = jnp.std(d.estimate, axis=0) / jnp.sqrt(NUM_KEYS)
-    assert jnp.all(jnp.abs(jnp.mean(d.estimate, axis=0) - jnp.diag(A)) < 4.5 * spread)
-    ratio = jnp.mean(d.std_error, axis=0) / jnp.std(d.estimate, axis=0)
+    spread = jnp.std(d.value, axis=0) / jnp.sqrt(NUM_KEYS)
+    assert jnp.all(jnp.abs(jnp.mean(d.value, axis=0) - jnp.diag(A)) < 4.5 * spread)
+    ratio = jnp.mean(d.std_error, axis=0) / jnp.std(d.value, axis=0)
     assert jnp.all((ratio > 0.6) & (ratio < 1.4))
     # Rademacher probes are exact on diagonal matrices.
     D = jnp.diag(jnp.arange(1.0, 9.0))
     d = stochtrace.diagonal(lambda v: D @ v, jnp.zeros(8), key=keys[0], num_probes=3)
-    assert jnp.allclose(d.estimate, jnp.arange(1.0, 9.0))
+    assert jnp.allclose(d.value, jnp.arange(1.0, 9.0))
     d = stochtrace.diagonal(
         lambda v: A @ v, jnp.zeros(N), key=keys[0], num_probes=10, probes="gaussian"
     )
-    assert d.estimate.shape == (N,)
+    assert d.value.shape == (N,)
 
 
 def test_single_probe_has_infinite_std_error():
@@ -182,34 +186,62 @@ def test_single_probe_has_infinite_std_error():
         lambda v: A @ v, jnp.zeros(N), key=jax.random.PRNGKey(0), num_probes=1
     )
     assert jnp.isinf(est.std_error)
-    assert jnp.isfinite(est.estimate)
+    assert jnp.isfinite(est.value)
 
 
 def test_non_finite_is_flagged_and_raises():
     A = low_rank_plus_noise().at[2, 2].set(jnp.inf)
     for method in stochtrace.METHODS:
-        assert trace_of(A, jax.random.PRNGKey(0), num_probes=30, method=method).status == 2
+        est = trace_of(A, jax.random.PRNGKey(0), num_probes=30, method=method, throw=False)
+        assert est.status == matfree.status.Status.NONFINITE
+        assert jnp.isnan(est.value)  # not computed: NaN and a non-zero status
     assert trace_of(low_rank_plus_noise(), jax.random.PRNGKey(0), num_probes=30).status == 0
     with pytest.raises(Exception, match="non-finite values"):
         matfree.trace(
-            lambda v: A @ v,
-            jnp.zeros(N),
-            key=jax.random.PRNGKey(0),
-            num_probes=3,
-            throw=True,
+            lambda v: A @ v, jnp.zeros(N), key=jax.random.PRNGKey(0), num_probes=3
         )
     d = stochtrace.diagonal(
-        lambda v: A @ v, jnp.zeros(N), key=jax.random.PRNGKey(0), num_probes=3
+        lambda v: A @ v, jnp.zeros(N), key=jax.random.PRNGKey(0), num_probes=3, throw=False
     )
-    assert d.status == 2
+    assert d.status == matfree.status.Status.NONFINITE
+    assert jnp.all(jnp.isnan(d.value))
     with pytest.raises(Exception, match="non-finite values"):
         stochtrace.diagonal(
-            lambda v: A @ v,
-            jnp.zeros(N),
-            key=jax.random.PRNGKey(0),
-            num_probes=3,
-            throw=True,
+            lambda v: A @ v, jnp.zeros(N), key=jax.random.PRNGKey(0), num_probes=3
         )
+
+
+@pytest.mark.parametrize("method", stochtrace.METHODS)
+def test_throw_under_jit_holds_whichever_field_is_read(method):
+    # The check is attached to the whole result: reading only `std_error`
+    # (or `value`) under `jit` still raises.
+    A = low_rank_plus_noise().at[2, 2].set(jnp.nan)
+    key = jax.random.PRNGKey(0)
+
+    def trace_field(A, field):
+        return getattr(trace_of(A, key, num_probes=30, method=method), field)
+
+    for field in ("std_error", "value"):
+        with pytest.raises(Exception, match="non-finite values"):
+            jax.block_until_ready(jax.jit(trace_field, static_argnums=1)(A, field))
+
+    @jax.jit
+    def diagonal_se(A):
+        return stochtrace.diagonal(lambda v: A @ v, jnp.zeros(N), key=key, num_probes=3)
+
+    with pytest.raises(Exception, match="non-finite values"):
+        jax.block_until_ready(diagonal_se(A).std_error)
+
+
+def test_sample_probes():
+    key = jax.random.PRNGKey(0)
+    Z = stochtrace.sample_probes(key, 3, 4, probes="gaussian", dtype=jnp.float32)
+    assert Z.shape == (3, 4) and Z.dtype == jnp.float32
+    assert jnp.array_equal(stochtrace.sample_probes(None, 4, 4, probes="unit"), jnp.eye(4))
+    with pytest.raises(ValueError, match="`probes` must be one of"):
+        stochtrace.sample_probes(key, 3, 4, probes="normal")
+    with pytest.raises(TypeError, match="`key` is required"):
+        stochtrace.sample_probes(None, 3, 4)
 
 
 def _mv(v):
@@ -237,6 +269,11 @@ def _mv(v):
         ({"num_probes": 3, "probes": "normal"}, ValueError, "`probes` must be one of"),
         ({"num_probes": 3, "probes": "unit"}, ValueError, "needs `num_probes` == n"),
         ({"num_probes": 3, "key": None}, TypeError, "`key` is required"),
+        (
+            {"num_probes": 6, "key": None, "method": "xtrace"},
+            TypeError,
+            "`key` is required",
+        ),
         (
             {"num_probes": 10, "probes": "unit", "method": "xtrace"},
             ValueError,

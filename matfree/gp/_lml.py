@@ -216,14 +216,20 @@ def _iterative(
     if gradient == "hutchinson":
         matvec = matmat_operator(matvec)
     ld = slq.logdet(
-        matvec, y, key=key_logdet, depth=depth, num_probes=num_probes, precond=P_ld
+        matvec,
+        y,
+        key=key_logdet,
+        depth=depth,
+        num_probes=num_probes,
+        precond=P_ld,
+        throw=False,
     )
-    logdet = ld.estimate
+    logdet = ld.value
     if gradient == "hutchinson":
         logdet = jax.lax.stop_gradient(logdet)
     value = -(quad + logdet + trace_term + n * math.log(2 * math.pi)) / 2
     status = _status.first(
-        (ld.status != 0, _status.Status.NOT_POSITIVE_DEFINITE),
+        (ld.status != 0, ld.status),
         (~jnp.all(sol.converged), _status.Status.NOT_CONVERGED),
         (~jnp.isfinite(value), _status.Status.NONFINITE),
     )
