@@ -14,7 +14,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from matfree import _checks, _flat, decomp, status, stochtrace
+from matfree import _checks, _eager, _flat, decomp, status, stochtrace
 from matfree.status import Status
 
 __all__ = ["Eigenpairs", "SpectralDensity", "extreme", "spectral_density"]
@@ -84,6 +84,7 @@ class SpectralDensity(NamedTuple):
     status: jax.Array
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("v0"))
 def extreme(
     matvec,
     v0,
@@ -183,6 +184,7 @@ def extreme(
     return status.error_if(result, code) if throw else result
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("like"))
 def spectral_density(
     matvec,
     like,

@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _dense, _flat
+from matfree import _checks, _dense, _eager, _flat
 
 __all__ = [
     "Jacobi",
@@ -259,6 +259,7 @@ def jacobi(diagonal) -> Jacobi:
     return Jacobi(diagonal)
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("like"))
 def estimate_diagonal(matvec, like, *, num_probes: int, key=None):
     """Estimate the diagonal of `A` from `num_probes` matvecs.
 
@@ -394,6 +395,7 @@ def pivoted_cholesky(row_fn, diagonal, *, rank: int, shift) -> LowRank:
     return LowRank(L.T, shift, pivots)
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("like"))
 def nystrom(matvec, like, *, key, rank: int, shift=0.0) -> LowRank:
     r"""Randomised Nyström preconditioner of `A + shift I` from `rank` matvecs.
 

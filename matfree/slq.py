@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _dense, _estimators, _flat, decomp, status
+from matfree import _checks, _dense, _eager, _estimators, _flat, decomp, status
 
 __all__ = ["SLQEstimate", "logdet", "trace_funm"]
 
@@ -85,6 +85,7 @@ class SLQEstimate(NamedTuple):
     status: jax.Array
 
 
+@_eager.reuse_compiled(operators=("matvec", "precond"), template=_eager.first("like"))
 def trace_funm(
     f,
     matvec,
@@ -342,6 +343,7 @@ def _lanczos_f(f, op, depth, Zb, gradient):
     return res, fT, aux
 
 
+@_eager.reuse_compiled(operators=("matvec", "precond"), template=_eager.first("like"))
 def logdet(
     matvec,
     like,

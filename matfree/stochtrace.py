@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _estimators, _flat, status
+from matfree import _checks, _eager, _estimators, _flat, status
 from matfree._estimators import sample_probes
 
 __all__ = ["DiagonalEstimate", "TraceEstimate", "diagonal", "sample_probes", "trace"]
@@ -84,6 +84,7 @@ class DiagonalEstimate(NamedTuple):
     status: jax.Array
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("like"))
 def trace(
     matvec,
     like,
@@ -190,6 +191,7 @@ def _nan_if(code, *arrays):
     return tuple(jnp.where(code != 0, jnp.nan, a) for a in arrays)
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("like"))
 def diagonal(
     matvec,
     like,

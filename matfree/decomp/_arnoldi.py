@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _adjoint, _checks
+from matfree import _adjoint, _checks, _eager
 from matfree._flat import safe_norm
 from matfree.decomp import _krylov
 
@@ -47,6 +47,9 @@ class ArnoldiResult(NamedTuple):
     status: jax.Array
 
 
+@_eager.reuse_compiled(
+    operators=("matvec",), template=_eager.first("v0", batched="batched")
+)
 def arnoldi(
     matvec,
     v0,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from matfree import _adjoint, _checks, _dense, _flat, decomp, status
+from matfree import _adjoint, _checks, _dense, _eager, _flat, decomp, status
 from matfree.funm import _common, _diag, _two_sided
 from matfree.funm._common import FunmResult
 from matfree.status import Status
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("v"))
 def funm_action(
     f,
     matvec,
@@ -118,6 +119,7 @@ def funm_action(
     return _common.finish(result, throw=throw)
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("v"))
 def sqrt_action(
     matvec,
     v,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _adjoint, _checks, _dense, _flat, decomp, status
+from matfree import _adjoint, _checks, _dense, _eager, _flat, decomp, status
 from matfree._flat import safe_norm
 from matfree.funm import _common, _two_sided
 from matfree.funm._common import FunmResult
@@ -17,6 +17,7 @@ _CANDIDATE_RATIO = 0.5**0.5
 _NUM_CANDIDATES = 16
 
 
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("v"))
 def exp_action(
     matvec,
     v,

@@ -9,7 +9,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _checks, _flat, status
+from matfree import _checks, _eager, _flat, status
 from matfree.solvers import _common as c
 from matfree.solvers import _implicit
 
@@ -67,6 +67,10 @@ class _Problem(NamedTuple):
     X0: jax.Array | None  # (m, n_x)
 
 
+@_eager.reuse_compiled(
+    operators=("matvec", "precond"),
+    template=_eager.first("x0", fallback="b", batched="batched"),
+)
 def solve(
     matvec,
     b,
