@@ -79,6 +79,21 @@ def _enabled() -> bool:
     return os.environ.get("MATFREE_EAGER_CACHE", "1") != "0"
 
 
+def _under_transformation() -> bool:
+    """Whether this call runs inside `jit`, `grad`, `vmap`, ... (not at top level).
+
+    A function argument may close over traced values where no argument shows
+    one (`jax.grad(lambda p: funm_action(lambda x: x**p, ...))`), so the
+    arguments alone cannot tell.
+    """
+    try:
+        from jax._src import core
+
+        return not core.trace_ctx.is_top_level()
+    except (ImportError, AttributeError):  # a JAX without this internal: be safe
+        return True
+
+
 def _has_tracer(tree) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
 
@@ -142,7 +157,7 @@ def reuse_compiled(*, operators: tuple[str, ...], template):
 
         @functools.wraps(verb)
         def wrapper(*args, **kwargs):
-            if not _enabled() or _has_tracer((args, kwargs)):
+            if not _enabled() or _under_transformation() or _has_tracer((args, kwargs)):
                 return verb(*args, **kwargs)
             try:
                 bound = signature.bind(*args, **kwargs)

@@ -51,6 +51,17 @@ def test_f_errors():
         matfree.funm_action(jnp.sum, mv, V, depth=2)
     with pytest.raises(TypeError, match="`f` could not be applied"):
         matfree.funm_action(lambda x: x @ jnp.ones(4), mv, V, depth=2)
+    # Shape-preserving but not elementwise: checked on a probe, also under jit.
+    with pytest.raises(ValueError, match="applying f to each entry alone"):
+        matfree.funm_action(lambda x: x / jnp.sum(x), mv, V, depth=2)
+    with pytest.raises(ValueError, match="applying f to each entry alone"):
+        jax.jit(lambda v: matfree.funm_action(lambda x: jnp.sort(x)[::-1], mv, v, depth=2))(
+            V
+        )
+    # Parameters of f may be traced: the probe check steps aside, the action works.
+    p = jnp.asarray(2.0)
+    out = jax.jit(lambda p: matfree.funm_action(lambda x: x**p, mv, V, depth=2).value)(p)
+    assert bool(jnp.all(jnp.isfinite(out)))
     with pytest.raises(TypeError, match="`f` returned float"):
         matfree.funm_action(jnp.abs, mv, V, depth=2, symmetric=False)
 

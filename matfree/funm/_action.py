@@ -269,6 +269,33 @@ def check_elementwise(f):
             f"{getattr(out, 'shape', type(out).__name__)}. Use e.g. `jnp.exp`."
         )
         raise ValueError(msg)
+    _check_acts_elementwise(f)
+
+
+def _check_acts_elementwise(f):
+    """Check on a probe with distinct entries that `f(x)[i]` depends on `x[i]` only.
+
+    Skipped where `f` cannot be evaluated on concrete numbers at trace time
+    (it closes over traced values): the shape check above still holds there.
+    """
+    try:
+        with jax.ensure_compile_time_eval():
+            x = jnp.asarray([0.75, 1.5, 2.25], dtype=jnp.float32)
+            whole = f(x)
+            parts = jnp.concatenate([jnp.reshape(f(x[i : i + 1]), (1,)) for i in range(3)])
+            if isinstance(whole, jax.core.Tracer) or isinstance(parts, jax.core.Tracer):
+                return
+            same = bool(jnp.allclose(whole, parts, rtol=1e-5, atol=1e-6, equal_nan=True))
+    except Exception:  # noqa: BLE001 - f that fails here fails later with its own error
+        return
+    if not same:
+        msg = (
+            "`f` must act elementwise (each entry of f(x) a function of the same "
+            "entry of x only, like `jnp.exp`); f([0.75, 1.5, 2.25]) differs from "
+            "applying f to each entry alone. Matrix functions are defined through "
+            "the eigenvalues one at a time."
+        )
+        raise ValueError(msg)
 
 
 def check_complex_ok(f):
