@@ -33,7 +33,8 @@ class Solution(NamedTuple):
         recurrence: a non-SPD preconditioner, a stagnating BiCGStab, a
         singular operator), `NOT_POSITIVE_DEFINITE` (CG met `p^T A p <= 0` and
         stopped without taking the step; `value` is the last iterate) or
-        `NONFINITE` (NaN or inf in `b`, `x0` or the operator's output).
+        `NONFINITE` (NaN or inf in `b`, `x0` or the operator's output;
+        `value` and `residual_norm` are then NaN, for every method).
     converged
         `status == OK`: the method's stopping test held,
         `|r| <= max(rtol |b|, atol)` for the updated residual `r` of the
@@ -271,6 +272,10 @@ def _result(problem, X, num_steps, flag, hist, maxiter) -> Solution:
     code = c.to_status(flag)
     code = jnp.where(jnp.isfinite(res) | (code != 0), code, status.Status.NONFINITE)
     code = code.astype(jnp.int32)
+    # One behaviour for every method: what could not be computed is NaN.
+    nonfinite = code == status.Status.NONFINITE
+    X = jnp.where(nonfinite[:, None], jnp.nan, X)
+    res = jnp.where(nonfinite, jnp.nan, res)
     if hist is not None:
         steps = jnp.arange(maxiter + 1)
         hist = jnp.where(steps[None, :] <= num_steps[:, None], hist, jnp.nan)

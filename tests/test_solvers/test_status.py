@@ -8,6 +8,7 @@ from solver_helpers import N, dense_solve, solve_and_grad
 
 import matfree
 from matfree import matrices, precond
+from matfree.status import Status
 
 # Solves go through the shared jitted `solve_and_grad` / `dense_solve` (rtol
 # 1e-6 is the float64 default), so tests with the same method, shape and
@@ -96,6 +97,16 @@ def test_nonfinite_values_are_reported():
     Ainf, b1 = A.at[:, 0].add(jnp.inf), jnp.ones(N)
     sol = solve_and_grad(Ainf, b1, b1, 1e-6, method="gmres")[0]
     assert int(sol.status) == 4
+
+
+@pytest.mark.parametrize("method", ["cg", "minres", "gmres", "bicgstab", "gcr", "lsqr"])
+def test_nonfinite_input_gives_nan_value_in_every_method(method):
+    A = _spd()
+    b = jnp.ones(N).at[0].set(jnp.nan)
+    sol = matfree.solve(lambda v: A @ v, b, method=method, throw=False)
+    assert int(sol.status) == int(Status.NONFINITE)
+    assert bool(jnp.all(jnp.isnan(sol.value)))
+    assert bool(jnp.isnan(sol.residual_norm))
 
 
 def test_throw_passes_on_success_and_under_jit():
