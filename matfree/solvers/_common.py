@@ -23,6 +23,16 @@ MAXITER = Status.NOT_CONVERGED
 BREAKDOWN = Status.BREAKDOWN
 INDEFINITE = Status.NOT_POSITIVE_DEFINITE
 NONFINITE = Status.NONFINITE
+STAGNATED = Status.STAGNATED
+# A restart cycle that reduces the residual by less than this fraction made no
+# progress (restarted GMRES/GCR are monotone: a cycle never increases it).
+STAGNATION = 1e-6
+
+
+def stagnated(flag, cycle_complete, res_start, res_end):
+    """Mark running columns whose completed restart cycle made no progress."""
+    stuck = (flag == RUNNING) & cycle_complete & (res_end > (1 - STAGNATION) * res_start)
+    return jnp.where(stuck, STAGNATED, flag).astype(jnp.int32)
 
 
 def to_status(flag):

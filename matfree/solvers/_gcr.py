@@ -30,14 +30,15 @@ def gcr(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
     rows = jnp.arange(kk)
     Pb = jnp.zeros((m, kk, n), B.dtype)
     Qb = jnp.zeros((m, kk, n), B.dtype)
-    state = (X, R, Pb, Qb, jnp.int32(0), k, flag, hist)
+    # The residual norm at the start of the current cycle (for stagnation).
+    state = (X, R, Pb, Qb, jnp.int32(0), k, flag, hist, c.norm(R))
 
     def cond(state):
-        *_, k, flag, _ = state
+        *_, k, flag, _, _ = state
         return jnp.any(c.active(flag, k, maxiter))
 
     def body(state):
-        X, R, Pb, Qb, j, k, flag, hist = state
+        X, R, Pb, Qb, j, k, flag, hist, res0 = state
         act = c.active(flag, k, maxiter)
         U = pc(R)
         C = mv(U)
@@ -60,11 +61,18 @@ def gcr(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
         res = c.norm(R)
         Pb = jax.lax.dynamic_update_index_in_dim(Pb, P[:, None], j, axis=1)
         Qb = jax.lax.dynamic_update_index_in_dim(Qb, Q[:, None], j, axis=1)
-        j = jnp.where(j + 1 == kk, 0, j + 1)
         k = k + act
         hist = c.record(hist, k, act, res)
-        flag = c.update_flag(flag, act, res, tol, broke=nc == 0)
-        return X, R, Pb, Qb, j, k, flag, hist
+        # `A u` in the span of the stored images: the residual cannot move in
+        # this cycle any more (GCR stagnates on operators whose symmetric part
+        # is indefinite, e.g. [[0, 1], [1, 0]]).
+        flag = c.update_flag(flag, act, res, tol)
+        flag = jnp.where(act & (nc == 0) & (flag == c.RUNNING), c.STAGNATED, flag)
+        end = j + 1 == kk
+        flag = jnp.where(act, c.stagnated(flag, end, res0, res), flag)
+        res0 = jnp.where(end, res, res0)
+        j = jnp.where(end, 0, j + 1)
+        return X, R, Pb, Qb, j, k, flag, hist, res0
 
-    X, *_, k, flag, hist = c.loop(cond, body, state, maxiter, differentiable)
+    X, *_, k, flag, hist, _ = c.loop(cond, body, state, maxiter, differentiable)
     return c.Raw(X, k, flag, hist)

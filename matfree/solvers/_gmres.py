@@ -105,6 +105,7 @@ def gmres(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
         X = X + pc(jnp.einsum("mk,mkn->mn", y, V[:, :kk]))
         flag = jnp.where(diag_ok | (flag != c.RUNNING), flag, c.BREAKDOWN)
         R = B - mv(X)
+        flag = c.stagnated(flag, steps == kk, beta, c.norm(R))
         return X, R, k, flag, hist
 
     def outer_cond(s):

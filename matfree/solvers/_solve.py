@@ -121,12 +121,20 @@ def solve(
         Stop when `|b - A x| <= max(rtol |b|, atol)`. Default `rtol`: `1e-6`
         in float64, `1e-4` in float32 and `1e-2` in lower precision.
     maxiter
-        Static bound on the number of iterations; default `10 n`.
+        Static bound on the number of iterations (matrix-vector products);
+        default `10 n`. For `"gmres"` and `"gcr"` with `gradient="adjoint"`
+        and `history=False` the default is `10 n` restart *cycles*
+        (`10 n restart` iterations), as in SciPy and `jax.scipy`: restarted
+        methods can need many cycles on ill-conditioned problems (a 1-D
+        Laplacian, n = 300, needs about 10,000 GMRES(30) iterations), and a
+        cycle that makes no progress ends the iteration with `STAGNATED`.
     symmetric
         Declare whether `A` is symmetric. `False` with `"cg"` or `"minres"`
         is an error. (Symmetry is not checked numerically.)
     restart
         Krylov dimension per cycle of `"gmres"` and `"gcr"`; capped at `n`.
+        Memory `O(n restart)` per right-hand side; a larger `restart` makes
+        each cycle stronger (`restart = n` is full GMRES).
     damp
         Damping (ridge) parameter of `"lsqr"`:
         `min |A x - b|^2 + damp^2 |x|^2`. With `x0`, the damping applies to
@@ -178,8 +186,13 @@ def solve(
     problem = _flatten_problem(matvec, b, x0, precond, method=method, batched=batched)
     n_x = problem.op.size
     dtype = problem.op.dtype
-    maxiter = _checks.check_int(10 * n_x if maxiter is None else maxiter, "maxiter")
     restart = min(_checks.check_int(restart, "restart"), n_x)
+    maxiter = _checks.check_int(
+        _default_maxiter(method, n_x, restart, gradient, history)
+        if maxiter is None
+        else maxiter,
+        "maxiter",
+    )
     tols = _tolerances(rtol, atol, damp, dtype)
     spec = _implicit.Spec(
         method, maxiter, restart, bool(history), x0 is not None, bool(throw), gradient
@@ -193,6 +206,18 @@ def solve(
     return jax.tree_util.tree_map(lambda x: x[0], result)._replace(
         value=problem.op.unravel(result.value[0])
     )
+
+
+def _default_maxiter(method, n, restart, gradient, history) -> int:
+    """`10 n` iterations; `10 n` restart cycles for GMRES/GCR where affordable.
+
+    With `gradient="autodiff"` the loop runs to `maxiter` and stores its state
+    per step, and a history buffer has `maxiter + 1` entries: there the bound
+    stays `10 n`.
+    """
+    if method in ("gmres", "gcr") and gradient == "adjoint" and not history:
+        return 10 * n * restart
+    return 10 * n
 
 
 def _check_options(method, symmetric, gradient):
