@@ -37,7 +37,16 @@ class Eigenpairs(NamedTuple):
     converged
         `residual_norms <= tol * max(|θ|)`, shape `(k,)`.
     num_matvecs
-        Products with the operator (`depth`).
+        Products with the operator (`depth`, times the number of start
+        vectors with `block=True`).
+    max_multiplicity
+        The number of start vectors `p` (1 unless `block=True`): Lanczos from
+        `p` vectors finds at most `p` copies of a repeated eigenvalue. With
+        `p = 1` a second copy is not found and the next value returned is the
+        next *distinct* eigenvalue; each returned pair is still a true,
+        converged eigenpair (`converged` cannot see the missing copy), so the
+        list of the `k` extreme eigenvalues is only complete up to
+        multiplicity `max_multiplicity`.
     status
         A `matfree.status.Status` code: `OK`; `ZERO_VECTOR` (`v0` is zero;
         all other fields but `num_matvecs` are NaN or False); `NONFINITE`
@@ -50,6 +59,7 @@ class Eigenpairs(NamedTuple):
     residual_norms: jax.Array
     converged: jax.Array
     num_matvecs: int
+    max_multiplicity: int
     status: jax.Array
 
 
@@ -84,7 +94,7 @@ class SpectralDensity(NamedTuple):
     status: jax.Array
 
 
-@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("v0"))
+@_eager.reuse_compiled(operators=("matvec",), template=_eager.first("v0", batched="block"))
 def extreme(
     matvec,
     v0,
@@ -93,6 +103,7 @@ def extreme(
     depth: int,
     which: str = "largest",
     tol=None,
+    block: bool = False,
     gradient: str = "adjoint",
     throw: bool = True,
 ) -> Eigenpairs:
@@ -105,7 +116,9 @@ def extreme(
     squared residual over the gap to the rest of the spectrum. Increase `depth`
     until `converged` holds (there is no restart). A single start vector finds
     one copy of a multiple eigenvalue: the next Ritz value returned is the next
-    distinct eigenvalue (use a dense method if multiplicities matter).
+    distinct eigenvalue. To resolve multiplicities up to `p`, start from `p`
+    vectors (`block=True`, block Lanczos); the result's `max_multiplicity`
+    says which case you are in.
 
     Parameters
     ----------
@@ -113,7 +126,8 @@ def extreme(
         A JAX-traceable callable `v -> A v` of a symmetric operator.
     v0
         The start vector (array or pytree). A random vector is a good choice;
-        it must not be orthogonal to the wanted eigenvectors.
+        it must not be orthogonal to the wanted eigenvectors. With
+        `block=True`, `p` start vectors along a leading axis (shape `(p, n)`).
     num_eigenpairs
         Number of eigenpairs `k`, a static int with `1 <= k <= depth`.
     depth
@@ -123,6 +137,14 @@ def extreme(
     tol
         Relative residual tolerance of `converged`: `|A y - θ y| <= tol |θ|_max`.
         Default `sqrt(eps)` of the dtype.
+    block
+        If `True`, `v0` holds `p` start vectors along a leading axis and the
+        iteration is block Lanczos: `depth` block steps of `p` matvecs each,
+        a basis of `depth p` vectors (full re-orthogonalisation, deflation of
+        dependent directions), Rayleigh–Ritz on it, exact residual norms.
+        It finds eigenvalues of multiplicity up to `p`. Then `depth` may be at
+        most `n // p`, and `num_eigenpairs` at most `depth p`. Derivatives of
+        the block path are taken through its loop (`gradient` is not used).
     gradient
         How the Lanczos decomposition is differentiated: `"adjoint"` (default,
         reverse mode, memory `O(n depth)`) or `"autodiff"` (through the loop;
@@ -157,11 +179,13 @@ def extreme(
     (Array([3., 2.], dtype=float64), Array([ True,  True], dtype=bool))
     """
     _checks.check_callable(matvec)
+    _checks.check_choice(which, "which", ("largest", "smallest"))
+    gradient = _checks.check_gradient(gradient, allowed=("adjoint", "autodiff"))
+    if block:
+        return _extreme_block(matvec, v0, num_eigenpairs, depth, which, tol, throw)
     _, op = _flat.flatten(matvec, v0, name="v0")
     depth = _checks.check_depth(depth, op.size)
     k = _checks.check_int(num_eigenpairs, "num_eigenpairs", maximum=depth)
-    _checks.check_choice(which, "which", ("largest", "smallest"))
-    gradient = _checks.check_gradient(gradient, allowed=("adjoint", "autodiff"))
     res = decomp.lanczos(matvec, v0, depth=depth, gradient=gradient, throw=False)
     failed = res.status != Status.OK
     # Keep eigh away from NaN (zero or non-finite v0); the outputs become NaN.
@@ -180,8 +204,106 @@ def extreme(
     theta, Y, resid = (jnp.where(failed, jnp.nan, x) for x in (theta, Y, resid))
     code = status.first((failed, res.status), (~jnp.all(converged), Status.NOT_CONVERGED))
     vectors = _flat.unravel_rows(op, Y)
-    result = Eigenpairs(theta, vectors, resid, converged, depth, code)
+    result = Eigenpairs(theta, vectors, resid, converged, depth, 1, code)
     return status.error_if(result, code) if throw else result
+
+
+def _extreme_block(matvec, V0, num_eigenpairs, depth, which, tol, throw):
+    """`extreme` with `p` start vectors: block Lanczos and Rayleigh–Ritz."""
+    leaves = jax.tree_util.tree_leaves(V0)
+    if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
+        msg = "`v0` must carry a leading axis of start vectors with `block=True`."
+        raise ValueError(msg)
+    p = int(jnp.shape(leaves[0])[0])
+    if any(jnp.shape(x)[0] != p for x in leaves):
+        msg = "Every leaf of `v0` must have the same leading axis (the start vectors)."
+        raise ValueError(msg)
+    first = jax.tree_util.tree_map(lambda x: x[0], V0)
+    _, op = _flat.flatten(matvec, first, name="v0[0]")
+    n = op.size
+    depth = _checks.check_int(depth, "depth", maximum=max(n // p, 1))
+    k = _checks.check_int(num_eigenpairs, "num_eigenpairs", maximum=depth * p)
+    V = jax.vmap(lambda v: jax.flatten_util.ravel_pytree(v)[0])(V0)  # (p, n)
+    basis, images, valid = _block_lanczos(op, V, depth)
+    finite = jnp.all(jnp.isfinite(V)) & jnp.all(jnp.isfinite(images))
+    finite = finite & jnp.all(jnp.isfinite(basis))
+    empty = ~jnp.any(valid)
+    failed = empty | ~finite
+    basis = jnp.where(failed, 0, basis)
+    images = jnp.where(failed, 0, images)
+    T = basis @ images.T
+    T = 0.5 * (T + T.T)
+    # Deflated (zero) basis rows give spurious zero Ritz values: move them to
+    # the far end of the spectrum, away from the wanted one.
+    far = 1 + 2 * jnp.max(jnp.abs(T))
+    far = -far if which == "largest" else far
+    T = T + jnp.diag(jnp.where(valid, 0, far))
+    theta, S = jnp.linalg.eigh(T)
+    if which == "largest":
+        theta, S = theta[::-1], S[:, ::-1]
+    theta, S = theta[:k], S[:, :k]
+    real = jnp.arange(k) < jnp.sum(valid)  # pairs from the valid subspace
+    Y = S.T @ basis
+    resid = _flat.safe_norm(S.T @ images - theta[:, None] * Y)
+    if tol is None:
+        tol = jnp.sqrt(jnp.finfo(op.dtype).eps)
+    scale = jnp.max(jnp.where(real, jnp.abs(theta), 0))
+    converged = (resid <= tol * scale) & real & ~failed
+    bad = failed | ~real
+    theta = jnp.where(bad, jnp.nan, theta)
+    resid = jnp.where(bad, jnp.nan, resid)
+    Y = jnp.where(bad[:, None], jnp.nan, Y)
+    code = status.first(
+        (empty & finite, Status.ZERO_VECTOR),
+        (~finite, Status.NONFINITE),
+        (~jnp.all(converged), Status.NOT_CONVERGED),
+    )
+    vectors = _flat.unravel_rows(op, Y)
+    result = Eigenpairs(theta, vectors, resid, converged, depth * p, p, code)
+    return status.error_if(result, code) if throw else result
+
+
+def _block_lanczos(op, V, depth):
+    """Block Krylov basis of `depth` blocks from the rows of `V`, and its images.
+
+    Returns `(basis, images, valid)`: orthonormal rows `(depth p, n)` (zero
+    where a direction was deflated), `A` applied to each row, and the mask of
+    non-deflated rows. Full re-orthogonalisation (twice) against all earlier
+    blocks keeps the basis orthonormal to rounding.
+    """
+    p, n = V.shape
+    m = depth * p
+    eps = jnp.finfo(V.dtype).eps
+
+    def orthonormalise(W, basis):
+        for _ in range(2):
+            W = W - (W @ basis.T) @ basis
+        norms = _flat.safe_norm(W)
+        Q, R = jnp.linalg.qr(W.T)
+        scale = jnp.maximum(jnp.max(norms), jnp.finfo(V.dtype).tiny)
+        keep = jnp.abs(jnp.diagonal(R)) > 100 * eps * n * scale
+        keep = keep & (jnp.max(norms) > 0)
+        return jnp.where(keep[:, None], Q.T, 0), keep
+
+    basis = jnp.zeros((m + p, n), V.dtype)
+    images = jnp.zeros((m, n), V.dtype)
+    valid = jnp.zeros((m + p,), bool)
+    Q0, keep0 = orthonormalise(V, basis)
+    basis = basis.at[:p].set(Q0)
+    valid = valid.at[:p].set(keep0)
+
+    def step(i, carry):
+        basis, images, valid = carry
+        Qi = jax.lax.dynamic_slice_in_dim(basis, i * p, p)
+        W = op.rows(Qi)
+        images = jax.lax.dynamic_update_slice_in_dim(images, W, i * p, 0)
+        Qn, keep = orthonormalise(W, basis)
+        basis = jax.lax.dynamic_update_slice_in_dim(basis, Qn, (i + 1) * p, 0)
+        valid = jax.lax.dynamic_update_slice_in_dim(valid, keep, (i + 1) * p, 0)
+        return basis, images, valid
+
+    basis, images, valid = jax.lax.fori_loop(0, depth, step, (basis, images, valid))
+    return basis[:m], images, valid[:m]
 
 
 @_eager.reuse_compiled(operators=("matvec",), template=_eager.first("like"))

@@ -2,8 +2,10 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from matfree import eig, matrices
@@ -260,3 +262,95 @@ def test_extreme_gradient_autodiff_agrees_with_adjoint():
 
     assert jnp.allclose(jax.grad(f)(0.1, "adjoint"), 1.0, rtol=1e-8)
     assert jnp.allclose(jax.grad(f)(0.1, "autodiff"), 1.0, rtol=1e-8)
+
+
+def _laplacian_2d(m):
+    L1 = 2 * jnp.eye(m) - jnp.eye(m, k=1) - jnp.eye(m, k=-1)
+    return jnp.kron(L1, jnp.eye(m)) + jnp.kron(jnp.eye(m), L1)
+
+
+def test_single_start_vector_misses_a_double_eigenvalue_and_says_so():
+    L = _laplacian_2d(12)
+    truth = jnp.linalg.eigvalsh(L)[:4]  # [l1, l2, l2, l3]: l2 is double
+    v0 = jax.random.normal(jax.random.PRNGKey(0), (144,))
+    res = eig.extreme(lambda v: L @ v, v0, num_eigenpairs=3, depth=60, which="smallest")
+    assert res.max_multiplicity == 1
+    np.testing.assert_allclose(res.eigenvalues, truth[jnp.array([0, 1, 3])], rtol=1e-8)
+
+
+@pytest.mark.parametrize("which", ["smallest", "largest"])
+def test_block_start_resolves_multiplicity(which):
+    L = _laplacian_2d(12)
+    lam = jnp.linalg.eigvalsh(L)
+    truth = lam[:4] if which == "smallest" else lam[::-1][:4]
+    V0 = jax.random.normal(jax.random.PRNGKey(1), (2, 144))
+    res = eig.extreme(
+        lambda v: L @ v, V0, num_eigenpairs=4, depth=60, which=which, block=True
+    )
+    np.testing.assert_allclose(res.eigenvalues, truth, rtol=1e-8)
+    assert res.max_multiplicity == 2
+    assert res.num_matvecs == 120
+    assert bool(jnp.all(res.converged))
+    Y = res.eigenvectors
+    np.testing.assert_allclose(Y @ Y.T, jnp.eye(4), atol=1e-8)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(Y @ L - res.eigenvalues[:, None] * Y, axis=1),
+        res.residual_norms,
+        atol=1e-10,
+    )
+
+
+def test_block_start_exact_when_the_space_is_exhausted_and_differentiable():
+    d = jnp.arange(1.0, 7.0)
+    V0 = jax.random.normal(jax.random.PRNGKey(2), (2, 6))
+
+    def top(s):
+        res = eig.extreme(lambda v: s * d * v, V0, num_eigenpairs=3, depth=3, block=True)
+        return res.eigenvalues
+
+    np.testing.assert_allclose(top(1.0), [6.0, 5.0, 4.0], rtol=1e-12)
+    np.testing.assert_allclose(jax.grad(lambda s: jnp.sum(top(s)))(2.0), 15.0, rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(top)(1.0), [6.0, 5.0, 4.0], rtol=1e-12)
+
+
+def test_block_start_failures_and_errors():
+    d = jnp.arange(1.0, 7.0)
+    res = eig.extreme(
+        lambda v: d * v,
+        jnp.zeros((2, 6)),
+        num_eigenpairs=2,
+        depth=2,
+        block=True,
+        throw=False,
+    )
+    assert int(res.status) == int(Status.ZERO_VECTOR)
+    assert bool(jnp.all(jnp.isnan(res.eigenvalues)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="start vector is zero"):
+        eig.extreme(
+            lambda v: d * v, jnp.zeros((2, 6)), num_eigenpairs=2, depth=2, block=True
+        )
+    # Two equal start vectors span one direction: too small a space, not converged.
+    res = eig.extreme(
+        lambda v: d * v,
+        jnp.ones((2, 6)),
+        num_eigenpairs=3,
+        depth=3,
+        block=True,
+        throw=False,
+    )
+    assert int(res.status) == int(Status.NOT_CONVERGED)
+    nan_start = jnp.ones((2, 6)).at[0, 0].set(jnp.nan)
+    res = eig.extreme(
+        lambda v: d * v, nan_start, num_eigenpairs=1, depth=2, block=True, throw=False
+    )
+    assert int(res.status) == int(Status.NONFINITE)
+    with pytest.raises(ValueError, match="leading axis of start vectors"):
+        eig.extreme(lambda v: d * v, jnp.ones(()), num_eigenpairs=1, depth=1, block=True)
+    with pytest.raises(ValueError, match="`depth`"):
+        eig.extreme(
+            lambda v: d * v, jnp.ones((2, 6)), num_eigenpairs=1, depth=4, block=True
+        )
+    with pytest.raises(ValueError, match="`num_eigenpairs`"):
+        eig.extreme(
+            lambda v: d * v, jnp.ones((2, 6)), num_eigenpairs=5, depth=2, block=True
+        )
