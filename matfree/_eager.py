@@ -37,6 +37,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 MAX_PROGRAMS = 32
 
@@ -44,13 +45,14 @@ MAX_PROGRAMS = 32
 class _Structure:
     """The hashable structure of a traced operator: its jaxpr and pytree shapes."""
 
-    __slots__ = ("_hash", "in_tree", "jaxpr", "key", "out_tree")
+    __slots__ = ("_hash", "in_shapes", "in_tree", "jaxpr", "key", "out_tree")
 
-    def __init__(self, jaxpr, in_tree, out_tree):
+    def __init__(self, jaxpr, in_tree, out_tree, in_shapes):
         self.jaxpr = jaxpr
         self.in_tree = in_tree
         self.out_tree = out_tree
-        self.key = (str(jaxpr), in_tree, out_tree)
+        self.in_shapes = in_shapes
+        self.key = (str(jaxpr), in_tree, out_tree, in_shapes)
         self._hash = hash(self.key)
 
     def __hash__(self):
@@ -68,8 +70,12 @@ class _Operator(eqx.Module):
 
     def __call__(self, x):
         leaves, tree = jax.tree_util.tree_flatten(x)
-        if tree != self.structure.in_tree:
-            msg = f"operator called on {tree}; it was traced on {self.structure.in_tree}."
+        shapes = tuple(jnp.shape(leaf) for leaf in leaves)
+        if tree != self.structure.in_tree or shapes != self.structure.in_shapes:
+            msg = (
+                f"internal: operator traced on {self.structure.in_shapes} called on "
+                f"{shapes}; set MATFREE_EAGER_CACHE=0 and report this."
+            )
             raise ValueError(msg)
         out = jax.core.eval_jaxpr(self.structure.jaxpr, self.consts, *leaves)
         return jax.tree_util.tree_unflatten(self.structure.out_tree, out)
@@ -122,9 +128,11 @@ def _trace(fn, template):
         return None
     if _has_tracer(closed.consts):
         return None
-    in_tree = jax.tree_util.tree_structure(template)
+    leaves, in_tree = jax.tree_util.tree_flatten(template)
+    in_shapes = tuple(jnp.shape(leaf) for leaf in leaves)
     out_tree = jax.tree_util.tree_structure(out_shape)
-    return _Operator(list(closed.consts), _Structure(closed.jaxpr, in_tree, out_tree))
+    structure = _Structure(closed.jaxpr, in_tree, out_tree, in_shapes)
+    return _Operator(list(closed.consts), structure)
 
 
 def reuse_compiled(*, operators: tuple[str, ...], template):
