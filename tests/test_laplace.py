@@ -424,7 +424,7 @@ def test_samples_have_the_dense_posterior_covariance(reg):
     post = laplace.posterior(
         model, X, y, likelihood="regression", sigma=0.5, prior_precision=2.0
     )
-    m = 3000
+    m = 1500
     s = laplace.sample(post, key=jax.random.PRNGKey(1), num_samples=m, depth=20)
     # whitened by the dense precision, the samples are N(0, I):
     # E |S - I|_F^2 = (P^2 + P) / m for the empirical covariance S of m samples
@@ -472,7 +472,7 @@ def test_linearised_prediction_matches_the_dense_glm(clf):
     assert jnp.allclose(pd.probs, probit)
     # full structure: sample variance within 4 standard errors of the dense J S J^T
     post = laplace.posterior(model, X, y, likelihood="classification", prior_precision=0.5)
-    m = 2000
+    m = 1000
     pf = laplace.predict(post, Xn, key=jax.random.PRNGKey(1), num_samples=m, depth=P)
     cov = jnp.linalg.inv(G + 0.5 * jnp.eye(P))
     var = jnp.einsum("ncp,pq,ncq->nc", J, cov, J)

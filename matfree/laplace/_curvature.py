@@ -143,7 +143,7 @@ def ggn(
     >>> G = ggn(model, X, y, likelihood="regression", sigma=1.0)
     >>> params = eqx.filter(model, eqx.is_array)
     >>> Gv = G(jax.tree_util.tree_map(jnp.ones_like, params))
-    >>> bool(jnp.allclose(Gv.weight, (X.T @ X @ jnp.ones(3))[None]))
+    >>> bool(jnp.allclose(Gv.weight, (X.T @ (X @ jnp.ones(3) + 1))[None]))
     True
     """
     problem = _model.setup(
@@ -175,7 +175,8 @@ def hessian(
     >>> X = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
     >>> H = hessian(model, X, jnp.zeros((5, 1)), likelihood="regression", sigma=1.0)
     >>> ones = jax.tree_util.tree_map(jnp.ones_like, eqx.filter(model, eqx.is_array))
-    >>> bool(jnp.allclose(H(ones).weight, (X.T @ X @ jnp.ones(3))[None]))  # linear: H = G
+    >>> Hv = H(ones)  # a linear model: H equals the GGN
+    >>> bool(jnp.allclose(Hv.weight, (X.T @ (X @ jnp.ones(3) + 1))[None]))
     True
     """
     problem = _model.setup(

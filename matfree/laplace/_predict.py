@@ -177,13 +177,19 @@ def sample(
     _check_posterior(posterior)
     _checks.check_key(key, "the samples are random")
     num_samples = _checks.check_int(num_samples, "num_samples")
+    depth = _default_depth(depth, posterior.size)
+    result = _sample(posterior, key, num_samples, depth)
+    return _status.error_if(result, result.status) if throw else result
+
+
+@eqx.filter_jit
+def _sample(posterior, key, num_samples, depth) -> Samples:
     P = posterior.size
     Z = jax.random.normal(key, (num_samples, P), posterior.problem.dtype)
     if posterior.structure == "diagonal":
         D = Z / jnp.sqrt(posterior.diag + posterior.prior)
         code = jnp.int32(0)
     else:
-        depth = _default_depth(depth, P)
 
         def one(z):
             res = sqrt_action(
@@ -198,8 +204,7 @@ def sample(
     )
     theta = posterior.problem.flat
     value = jax.vmap(posterior.problem.unravel)(theta + D)
-    result = Samples(value, code, D)
-    return _status.error_if(result, code) if throw else result
+    return Samples(value, code, D)
 
 
 class Prediction(NamedTuple):
@@ -293,6 +298,21 @@ def predict(
         )
         raise ValueError(msg)
     X_new = X_new.astype(problem.X.dtype)
+    if method == "mc" or posterior.structure == "full":
+        _checks.check_key(key, "the posterior samples are random")
+        num_samples = _checks.check_int(num_samples, "num_samples")
+        depth = _default_depth(depth, posterior.size)
+    mean, code, variance, probs = _predict(
+        posterior, X_new, key, method, num_samples, depth
+    )
+    result = Prediction(mean, code, variance, probs)
+    return _status.error_if(result, code) if throw else result
+
+
+@eqx.filter_jit
+def _predict(posterior, X_new, key, method, num_samples, depth):
+    """The compiled core of `predict` (cached on the posterior's structure)."""
+    problem = posterior.problem
     params, static = problem.params, problem.static
     mean = _model.batch_forward(params, static, X_new)
     code = jnp.int32(0)
@@ -300,8 +320,7 @@ def predict(
         variance = _diagonal_variance(posterior, X_new)
         samples_out = None
     else:
-        _checks.check_key(key, "the posterior samples are random")
-        s = sample(posterior, key=key, num_samples=num_samples, depth=depth, throw=False)
+        s = _sample(posterior, key, num_samples, depth)
         code = s.status
         if method == "linearised":
 
@@ -328,8 +347,7 @@ def predict(
         (code != 0, code),
         (~jnp.all(jnp.isfinite(variance)), _status.Status.NONFINITE),
     )
-    result = Prediction(mean, code, variance, probs)
-    return _status.error_if(result, code) if throw else result
+    return mean, code, variance, probs
 
 
 def _diagonal_variance(posterior, X_new):
@@ -432,17 +450,19 @@ def grid_search(
         model, X_val, y_val, likelihood=likelihood, sigma=sigma, chunk_size=None
     )
     nlls, codes = [], []
+    base = posterior(
+        model,
+        X,
+        y,
+        likelihood=likelihood,
+        prior_precision=grid[0],
+        sigma=sigma,
+        structure=structure,
+        chunk_size=chunk_size,
+    )
     for a in grid:
-        post = posterior(
-            model,
-            X,
-            y,
-            likelihood=likelihood,
-            prior_precision=a,
-            sigma=sigma,
-            structure=structure,
-            chunk_size=chunk_size,
-        )
+        prior, _ = _evidence.prior_flat(a, base.problem)  # checks a > 0
+        post = Posterior(base.problem, prior, structure, base.diag)
         pred = predict(
             post, val.X, key=key, num_samples=num_samples, depth=depth, throw=False
         )
