@@ -51,11 +51,11 @@ FIGURES = pathlib.Path(
 FIGURES.mkdir(parents=True, exist_ok=True)
 N_TRAIN = 300 if SMALL else None  # None: all 1,257 training digits
 WIDTH = 16 if SMALL else 64
-TRAIN_STEPS = 100 if SMALL else 2000
-CAL_STEPS = 3 if SMALL else 40
-DEPTH = 10 if SMALL else 30
-NUM_PROBES = 4 if SMALL else 16
-NUM_SAMPLES = 10 if SMALL else 50
+TRAIN_STEPS = 100 if SMALL else 1500
+CAL_STEPS = 3 if SMALL else 15
+DEPTH = 10 if SMALL else 20
+NUM_PROBES = 4 if SMALL else 8
+NUM_SAMPLES = 10 if SMALL else 30
 KEY = jax.random.PRNGKey(0)
 
 
@@ -117,7 +117,7 @@ print(f"{P} parameters, {len(ytr)} training digits, {time.perf_counter() - t0:.1
 # **Calibration.** Diagonal Laplace: a grid search of the validation NLL over
 # the prior precision. Full GGN: maximise the evidence over the prior
 # precision, one per layer (weights and biases separately), from `a0`, with
-# Adam on its logarithm; the `log det` of the full `P x P` GGN + prior by
+# Adam (step 0.3) on its logarithm; the `log det` of the full `P x P` GGN + prior by
 # stochastic Lanczos quadrature, preconditioned by the exact GGN diagonal.
 
 # %%
@@ -138,7 +138,7 @@ cal = laplace.calibrate(
     ytr,
     prior_precision=per_layer,
     key=jax.random.PRNGKey(1),
-    optimizer=optax.adam(0.1),
+    optimizer=optax.adam(0.3),
     num_steps=CAL_STEPS,
     depth=DEPTH,
     num_probes=NUM_PROBES,
