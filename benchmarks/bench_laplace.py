@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 SCALING = {"n": 256, "d_in": 64, "classes": 10, "depth": 10, "probes": 4, "chunk": 2}
-DIGITS = {"width": 64, "steps": 1500, "depth": 20, "probes": 8, "cal_steps": 15}
+DIGITS = {"width": 64, "steps": 1500, "depth": 20, "probes": 8, "cal_steps": 8}
 
 
 def _rss_gib():
@@ -308,7 +308,9 @@ def run_digits_torch(npz_path, torch_python, timeout):
     rows = {}
     script = pathlib.Path(npz_path).with_suffix(".torch.py")
     script.write_text(TORCH_SCRIPT)
-    for structure in ("diag", "kron", "full"):
+    # "full" is left out: at P = 8,970 its marglik loop factorises a dense P x P
+    # matrix at every one of its 100 steps (minutes each on this machine).
+    for structure in ("diag", "kron"):
         name = f"laplace-torch {structure}, marglik"
         try:
             proc = subprocess.run(

@@ -52,7 +52,7 @@ FIGURES.mkdir(parents=True, exist_ok=True)
 N_TRAIN = 300 if SMALL else None  # None: all 1,257 training digits
 WIDTH = 16 if SMALL else 64
 TRAIN_STEPS = 100 if SMALL else 1500
-CAL_STEPS = 3 if SMALL else 15
+CAL_STEPS = 3 if SMALL else 8
 DEPTH = 10 if SMALL else 20
 NUM_PROBES = 4 if SMALL else 8
 NUM_SAMPLES = 10 if SMALL else 30

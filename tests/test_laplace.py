@@ -406,12 +406,21 @@ def test_samples_are_the_dense_inverse_square_root(clf):
     theta = _flat(model)[0]
     P = theta.shape[0]
     A = _dense_ggn(model, X, "classification") + 0.5 * jnp.eye(P)
-    post = laplace.posterior(model, X, y, likelihood="classification", prior_precision=0.5)
+    post = laplace.posterior(
+        model, X, y, likelihood="classification", prior_precision=0.5, precond=None
+    )
     s = laplace.sample(post, key=jax.random.PRNGKey(0), num_samples=3, depth=P)
     Z = jax.random.normal(jax.random.PRNGKey(0), (3, P))
     w, Q = jnp.linalg.eigh(A)
     want = Z @ (Q * w**-0.5) @ Q.T
     assert jnp.allclose(s.deltas, want, rtol=1e-7, atol=1e-9)
+    # preconditioned: D^{-1/2} (D^{-1/2} A D^{-1/2})^{-1/2} z, D = diag(A)
+    postp = laplace.posterior(model, X, y, likelihood="classification", prior_precision=0.5)
+    sp = laplace.sample(postp, key=jax.random.PRNGKey(0), num_samples=3, depth=P)
+    dinv = jnp.diag(A) ** -0.5
+    wb, Qb = jnp.linalg.eigh(dinv[:, None] * A * dinv[None, :])
+    want_p = (Z @ (Qb * wb**-0.5) @ Qb.T) * dinv
+    assert jnp.allclose(sp.deltas, want_p, rtol=1e-7, atol=1e-9)
     assert jnp.allclose(
         _tree_flat(jax.tree_util.tree_map(lambda x: x[1], s.value)), theta + want[1]
     )
@@ -623,6 +632,8 @@ def test_error_options(clf):
         laplace.ggn(model, X, y, likelihood="classification", chunk_size=0)
     with pytest.raises(ValueError, match="`structure` must be one of"):
         laplace.posterior(model, X, y, structure="kron", **kw)
+    with pytest.raises(ValueError, match="`precond` must be one of"):
+        laplace.posterior(model, X, y, precond="lowrank", **kw)
     with pytest.raises(TypeError, match="`key` is required"):
         laplace.diagonal(model, X, y, likelihood="classification", method="stochastic")
     with pytest.raises(TypeError, match="`key` is required"):
@@ -660,9 +671,14 @@ def test_error_prediction_inputs(clf):
 
 def test_a_failed_sample_is_a_status_not_nan(clf):
     model, X, y = clf
-    post = laplace.posterior(model, X, y, likelihood="classification", prior_precision=1.0)
-    bad = eqx.tree_at(lambda p: p.prior, post, -10.0 * jnp.ones_like(post.prior))
-    s = laplace.sample(bad, key=jax.random.PRNGKey(0), num_samples=2, depth=5, throw=False)
-    assert int(s.status) != 0
+    for precond in (None, "diagonal"):
+        post = laplace.posterior(
+            model, X, y, likelihood="classification", prior_precision=1.0, precond=precond
+        )
+        bad = eqx.tree_at(lambda p: p.prior, post, -10.0 * jnp.ones_like(post.prior))
+        s = laplace.sample(
+            bad, key=jax.random.PRNGKey(0), num_samples=2, depth=5, throw=False
+        )
+        assert int(s.status) == Status.NOT_POSITIVE_DEFINITE
     with pytest.raises(Exception, match="not positive definite"):
         laplace.sample(bad, key=jax.random.PRNGKey(0), num_samples=2, depth=5)
