@@ -11,8 +11,10 @@ update through its extra arguments, as for `optax.lbfgs`:
 
 - `newton_krylov`: inexact Newton (`H p = -g` by CG, MINRES, GMRES or GCR
   from `matfree.solve` to a forcing tolerance; Armijo backtracking).
+- `load_a9a`: the a9a classification data set (LIBSVM), for the examples.
 """
 
+from matfree.optim._data import load_a9a
 from matfree.optim._newton import NewtonState, newton_krylov
 
-__all__ = ["NewtonState", "newton_krylov"]
+__all__ = ["NewtonState", "load_a9a", "newton_krylov"]
