@@ -118,7 +118,7 @@ def hvp_fn(f, x):
     return lin
 
 
-def ggn_fn(model_fn, loss_fn, params):
+def ggn_fn_of(model_fn, loss_fn, params):
     """Generalised Gauss-Newton products `J^T H_L J v` on flat vectors.
 
     `model_fn(params) -> outputs`, `loss_fn(outputs) -> scalar`. The model is
@@ -141,5 +141,87 @@ def ggn_fn(model_fn, loss_fn, params):
     return product
 
 
-def zeros_like_flat(x):
-    return jnp.zeros_like(x)
+def curvature(name, params, f, x, *, model_fn, loss_fn, ggn_fn, hessian_ok=True):
+    """The curvature-vector product on flat vectors, from the update's extra arguments.
+
+    A user's `ggn_fn(params, v) -> G v`, or `model_fn` with `loss_fn` (the
+    Gauss-Newton matrix `J^T H_loss J`), or, if `hessian_ok`, the Hessian of
+    the flat objective `f` by forward-over-reverse.
+    """
+    if ggn_fn is not None:
+        if model_fn is not None or loss_fn is not None:
+            msg = f"`{name}`: pass either `ggn_fn` or `model_fn` and `loss_fn`, not both."
+            raise ValueError(msg)
+        if not callable(ggn_fn):
+            msg = f"`ggn_fn` must be a callable `(params, v) -> G v`; got {ggn_fn!r}."
+            raise TypeError(msg)
+        _, unravel = flat(params)
+        return lambda v: flat(ggn_fn(params, unravel(v)))[0]
+    if (model_fn is None) != (loss_fn is None):
+        msg = (
+            f"`{name}`: `model_fn` and `loss_fn` go together (the Gauss-Newton matrix "
+            "is `J^T H_loss J`, `J` the Jacobian of `model_fn`); pass both."
+        )
+        raise ValueError(msg)
+    if model_fn is not None:
+        return ggn_fn_of(model_fn, loss_fn, params)
+    if not hessian_ok:
+        msg = (
+            f"`{name}` needs the curvature: pass `model_fn=` and `loss_fn=` (the "
+            "Fisher of a likelihood model equals its Gauss-Newton matrix) or "
+            "`fisher_fn=` to `update`."
+        )
+        raise TypeError(msg)
+    return hvp_fn(f, x)
+
+
+def start(updates, params, value_fn, value, name):
+    """Validate an update's inputs; return `(f, x, g, f0, num_values)` on flat vectors.
+
+    `f` is the flat objective, `x` the flat parameters, `g` the flat incoming
+    gradient and `f0` the value at `x` (evaluated unless `value` is given;
+    `num_values` says whether it was). A non-finite `g` or `f0` raises.
+    """
+    require_params(params, name)
+    require_value_fn(value_fn, name)
+    f, x, _ = flat_objective(value_fn, params)
+    g, _ = flat(updates)
+    if g.shape != x.shape:
+        msg = (
+            "`updates` must be the gradient of `value_fn` at `params` (same "
+            f"structure and size); got size {g.shape[0]}, expected {x.shape[0]}."
+        )
+        raise ValueError(msg)
+    if value is None:
+        f0, nv = f(x), INT(1)
+    else:
+        f0, nv = check_scalar(jnp.asarray(value), "value"), INT(0)
+    f0 = f0.astype(x.dtype)
+    g = g.astype(x.dtype)
+    g, f0 = check_finite((g, f0), f0, g)
+    return f, x, g, f0, nv
+
+
+def descent_or_gradient(g, p):
+    """`(p, g^T p, fell_back)`: `p` if finite and downhill, else `-g`."""
+    slope = g @ p
+    descent = jnp.all(jnp.isfinite(p)) & (slope < 0)
+    fallback = (~descent) & jnp.any(g != 0)
+    p = jnp.where(descent, p, -g)
+    slope = jnp.where(descent, slope, -(g @ g))
+    return p, slope, fallback
+
+
+def unravel_like(params, v):
+    """The flat vector `v` as a pytree shaped like `params`."""
+    return flat(params)[1](v)
+
+
+def check_armijo(c1, shrink):
+    """Check the line-search constants at construction."""
+    if not 0 < c1 < 1:
+        msg = f"`c1` (the Armijo constant) must be in (0, 1); got c1={c1!r}."
+        raise ValueError(msg)
+    if not 0 < shrink < 1:
+        msg = f"`shrink` (the backtracking factor) must be in (0, 1); got {shrink!r}."
+        raise ValueError(msg)

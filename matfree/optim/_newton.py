@@ -137,7 +137,7 @@ def newton_krylov(
     if maxiter is not None:
         maxiter = _checks.check_int(maxiter, "maxiter")
     max_backtracks = _checks.check_int(max_backtracks, "max_backtracks", minimum=0)
-    _check_armijo(c1, shrink)
+    c.check_armijo(c1, shrink)
 
     def init(params):
         x, _ = c.flat(params)
@@ -158,42 +158,19 @@ def newton_krylov(
 
     def update(updates, state, params=None, *, value_fn=None, value=None, **extra_args):
         del extra_args
-        c.require_params(params, "newton_krylov")
-        c.require_value_fn(value_fn, "newton_krylov")
-        f, x, unravel = c.flat_objective(value_fn, params)
-        g, _ = c.flat(updates)
-        if g.shape != x.shape:
-            msg = (
-                "`updates` must be the gradient of `value_fn` at `params` (same "
-                f"structure and size); got size {g.shape[0]}, expected {x.shape[0]}."
-            )
-            raise ValueError(msg)
-        num_values = state.num_values
-        if value is None:
-            f0 = f(x)
-            num_values = num_values + 1
-        else:
-            f0 = c.check_scalar(jnp.asarray(value, x.dtype), "value")
-        f0 = f0.astype(x.dtype)
-        g, f0 = c.check_finite((g, f0), f0, g)
+        f, x, g, f0, nv = c.start(updates, params, value_fn, value, "newton_krylov")
         gnorm = jnp.linalg.norm(g)
         eta = _forcing(forcing, gnorm, state).astype(x.dtype)
 
         hvp = c.hvp_fn(f, x)
         sol = solve(hvp, -g, method=method, rtol=eta, maxiter=maxiter, throw=False)
-        p = sol.value
-        slope = g @ p
-        descent = jnp.all(jnp.isfinite(p)) & (slope < 0)
-        fallback = (~descent) & (gnorm > 0)
-        p = jnp.where(descent, p, -g)
-        slope = jnp.where(descent, slope, -(gnorm**2))
-
+        p, slope, fallback = c.descent_or_gradient(g, sol.value)
         t, _, nls, ok = c.armijo(
             f, x, p, f0, slope, c1=c1, shrink=shrink, maxiter=max_backtracks
         )
         new_state = NewtonState(
             count=state.count + 1,
-            num_values=num_values + nls,
+            num_values=state.num_values + nv + nls,
             num_grads=state.num_grads + 2,
             num_curvature=state.num_curvature + sol.num_steps.astype(c.INT) + 1,
             num_fallbacks=state.num_fallbacks + fallback.astype(c.INT),
@@ -203,7 +180,7 @@ def newton_krylov(
             status=jnp.where(ok, 0, 1).astype(c.INT),
             grad_norm=gnorm,
         )
-        return unravel(t * p), new_state
+        return c.unravel_like(params, t * p), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -223,14 +200,3 @@ def _forcing(forcing, gnorm, state):
     eta = jnp.where(guard > 0.1, jnp.maximum(eta, guard), eta)
     eta = jnp.where(jnp.isfinite(prev), eta, 0.5)
     return jnp.clip(eta, jnp.finfo(gnorm.dtype).eps, 0.5)
-
-
-def _check_armijo(c1, shrink):
-    if not 0 < c1 < 1:
-        msg = f"`c1` (the Armijo constant) must be in (0, 1); got c1={c1!r}."
-        raise ValueError(msg)
-    if not 0 < shrink < 1:
-        msg = (
-            f"`shrink` (the backtracking factor) must be in (0, 1); got shrink={shrink!r}."
-        )
-        raise ValueError(msg)
