@@ -55,11 +55,11 @@ FIGURES = pathlib.Path(
     os.environ.get("MATFREE_FIGURES", pathlib.Path(__file__).resolve().parent / "figures")
 )
 FIGURES.mkdir(parents=True, exist_ok=True)
-N = 500 if SMALL else 10_000  # unknowns
+N = 300 if SMALL else 10_000  # unknowns
 M = 2 * N  # rows (training); as many again for the test set
 NNZ_PER_ROW = 20
 MU = 1e-3
-ITERS = (5, 20, 80) if SMALL else (5, 10, 20, 40, 80, 160, 320, 640)
+ITERS = (10, 60) if SMALL else (5, 10, 20, 40, 80, 160, 320, 640)
 rng = np.random.default_rng(0)
 
 
