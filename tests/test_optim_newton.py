@@ -240,9 +240,7 @@ def test_bad_options_raise_clear_errors():
         optim.newton_krylov(method="lsqr")
     with pytest.raises(ValueError, match="`forcing` must be one of"):
         optim.newton_krylov(forcing="fast")
-    with pytest.raises(
-        ValueError, match=r"or a positive float"
-    ):
+    with pytest.raises(ValueError, match=r"or a positive float"):
         optim.newton_krylov(forcing=-1.0)
     with pytest.raises(ValueError, match=r"`c1` \(the Armijo constant\)"):
         optim.newton_krylov(c1=2.0)
