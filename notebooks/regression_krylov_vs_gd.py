@@ -172,9 +172,11 @@ for pname, p in problems.items():
             t0 = time.perf_counter()
             jax.block_until_ready(fn(k))
             compile_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            x = jax.block_until_ready(fn(k))
-            secs = time.perf_counter() - t0
+            secs = np.inf
+            for _ in range(2):  # the faster of two runs (the machine may be shared)
+                t0 = time.perf_counter()
+                x = jax.block_until_ready(fn(k))
+                secs = min(secs, time.perf_counter() - t0)
             res = float(jnp.linalg.norm(normal(x) - rhs)) / rhs_norm
             test = float(jnp.sqrt(jnp.mean((p["A_test"] @ x - p["b_test"]) ** 2)))
             rows.append((k, per_iter * k, secs, res, test, compile_s))
@@ -197,20 +199,21 @@ for pname, p in problems.items():
 # ## The spectra that explain the race
 
 # %%
-fig, ax = plt.subplots(2, 3, figsize=(15, 8))
+fig, ax = plt.subplots(2, 4, figsize=(19, 8))
 for row, (pname, r) in enumerate(results.items()):
     for mname, rows in r["runs"].items():
         arr = np.asarray(rows)
         ax[row, 0].loglog(arr[:, 2], arr[:, 3], "o-", ms=3, label=mname)
-        ax[row, 1].loglog(
-            arr[:, 1], arr[:, 4] - r["test_ref"] + 1e-6, "o-", ms=3, label=mname
-        )
+        ax[row, 1].loglog(arr[:, 1], arr[:, 3], "o-", ms=3, label=mname)
+        ax[row, 2].semilogx(arr[:, 1], arr[:, 4], "o-", ms=3, label=mname)
     ax[row, 0].set(xlabel="seconds", ylabel="relative residual", title=f"{pname}: residual")
-    ax[row, 1].set(
-        xlabel="products with A or A^T",
-        ylabel="test RMSE - exact + 1e-6",
-        title=f"{pname}: test error",
-    )
+    ax[row, 1].set(xlabel="products with A or A^T", ylabel="relative residual")
+    ax[row, 1].set_title(f"{pname}: residual vs products")
+    ax[row, 2].axhline(r["test_ref"], color="k", ls=":", label="exact ridge solution")
+    ax[row, 2].set(xlabel="products with A or A^T", ylabel="test RMSE")
+    ax[row, 2].set_title(f"{pname}: test error")
+    top = max(rows[0][4] for rows in r["runs"].values())
+    ax[row, 2].set_ylim(0.9 * r["test_ref"], min(top, 3 * r["test_ref"]))
     dens = eig.spectral_density(
         r["normal"],
         r["rhs"],
@@ -218,16 +221,17 @@ for row, (pname, r) in enumerate(results.items()):
         depth=20 if SMALL else 60,
         num_probes=4,
     )
-    ax[row, 2].plot(dens.grid, dens.density)
+    ax[row, 3].plot(dens.grid, dens.density)
     lo = float(jnp.min(dens.nodes))
     kappa = r["lmax"] / max(lo, MU)
-    ax[row, 2].set(
+    ax[row, 3].set(
         xlabel="eigenvalue of A^T A + mu I",
         ylabel="density",
         title=f"{pname}: spectrum (kappa ~ {kappa:.2g})",
     )
     print(f"{pname}: estimated condition number {kappa:.3g}")
 ax[0, 0].legend(fontsize=7)
+ax[0, 2].legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(FIGURES / "regression_krylov_vs_gd.png", dpi=110)
 print("saved", FIGURES / "regression_krylov_vs_gd.png")
@@ -235,18 +239,22 @@ print("saved", FIGURES / "regression_krylov_vs_gd.png")
 # %% [markdown]
 # ## Reading the figure
 #
-# On the well-conditioned design (condition number in the tens) CG and LSQR
-# reach the residual of a converged solve in tens of iterations; gradient
-# descent, for the same number of products, is still orders of magnitude
-# away, and Adam (whose per-coordinate scaling does not fit a linear
-# system) further still. With column scales spread over 1.5 decades the
-# condition number grows by a factor of about 30-50 and every method slows;
-# the Krylov methods by about its square root, gradient descent by the full
-# factor. The test error tells a second story, the one machine learning
-# relies on: stopping gradient descent early acts as a regulariser, and on
-# the badly conditioned problem its test error can be as good as (or better
-# than) the exact ridge solution's with this small `mu`, long before its
-# residual is small. Solving the system accurately is what Krylov methods do
-# best; whether that is what a learning problem needs is a separate
-# question, answered by the regulariser. BiCGStab costs twice the products
+# On the well-conditioned design (condition number about 50) CG and LSQR
+# reach the residual of a converged solve (1e-15) within a few hundred
+# products; gradient descent, with as many products, is at about 1e-9, and
+# Adam (whose per-coordinate step does not fit a linear system) at 1e-4.
+# With column scales spread over 1.5 decades the condition number grows by
+# a factor of about 35: the Krylov methods still converge (about
+# `sqrt(35) ~ 6` times more iterations), gradient descent stalls at 1e-3,
+# and Adam's per-coordinate scaling, which acts like a diagonal
+# preconditioner on this problem, overtakes gradient descent.
+#
+# The test error tells a second story, the one machine learning relies on:
+# every method reaches the exact solution's test error long before its
+# residual is small, and on the badly conditioned problem gradient descent
+# stopped early has a *lower* test error than the exact ridge solution with
+# this small `mu` (early stopping regularises). Solving the system
+# accurately is what Krylov methods do best; whether a learning problem needs
+# that is a question for its regulariser. BiCGStab costs twice the products
 # per iteration and ignores the symmetry, so CG or LSQR is the better choice.
+# Times are noisy on a shared machine; the products are not.
