@@ -244,16 +244,18 @@ print("saved", FIGURES / "regression_krylov_vs_gd.png")
 # products; gradient descent, with as many products, is at about 1e-9, and
 # Adam (whose per-coordinate step does not fit a linear system) at 1e-4.
 # With column scales spread over 1.5 decades the condition number grows by
-# a factor of about 35: the Krylov methods still converge (about
-# `sqrt(35) ~ 6` times more iterations), gradient descent stalls at 1e-3,
+# a factor of about 35: the Krylov methods still converge (1e-14 after
+# about 4 times more products; `sqrt(35) ~ 6` is the bound), gradient
+# descent stalls at 1e-3,
 # and Adam's per-coordinate scaling, which acts like a diagonal
 # preconditioner on this problem, overtakes gradient descent.
 #
 # The test error tells a second story, the one machine learning relies on:
 # every method reaches the exact solution's test error long before its
 # residual is small, and on the badly conditioned problem gradient descent
-# stopped early has a *lower* test error than the exact ridge solution with
-# this small `mu` (early stopping regularises). Solving the system
+# stopped early (and CG, LSQR or BiCGStab stopped after a few dozen
+# products) has a *lower* test error than the exact ridge solution with this
+# small `mu`: early stopping regularises, whichever method is stopped. Solving the system
 # accurately is what Krylov methods do best; whether a learning problem needs
 # that is a question for its regulariser. BiCGStab costs twice the products
 # per iteration and ignores the symmetry, so CG or LSQR is the better choice.
