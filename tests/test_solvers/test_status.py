@@ -141,5 +141,8 @@ def test_throw_covers_the_adjoint_solve_of_the_gradient():
         return jnp.dot(w, matfree.solve(lambda v: A @ v, b, maxiter=1).value)
 
     assert jnp.allclose(loss(b), 1.0)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge"):
+    # The adjoint solve runs inside the compiled `custom_linear_solve`: the
+    # message arrives as it does under `jax.jit` (wrapped in an XLA error).
+    errors = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
+    with pytest.raises(errors, match="did not converge"):
         jax.grad(loss)(b)
