@@ -223,8 +223,11 @@ class _Rule:
         return jax.lax.custom_linear_solve(self.A, C, solve, solve_t)
 
     def pinv_symmetric(self, C, consistent=False):
-        """`A^+ C` for symmetric `A` by MINRES: one solve if `C` is in the range
-        of `A`, else two consistent ones, `A^+ (A^+ (A C))`."""
+        """`A^+ C` for symmetric `A` by MINRES, transposable.
+
+        One solve if `C` is in the range of `A`, else two consistent ones,
+        `A^+ (A^+ (A C))`.
+        """
         fn, pfn, throw = self.fn, self.pfn, self.spec.throw
 
         def solve(_, C):
@@ -237,8 +240,10 @@ class _Rule:
         return jax.lax.custom_linear_solve(self.A, C, solve, symmetric=True)
 
     def pinv_normal(self, C, B):
-        """`N^+ C` with `N = A^T A + damp^2 I` by two LSQR solves with `Ã = [A; damp I]`:
-        `N^+ = Ã^+ (Ã^T)^+`."""
+        """`N^+ C` with `N = A^T A + damp^2 I`, transposable.
+
+        Two LSQR solves with `Ã = [A; damp I]`: `N^+ = Ã^+ (Ã^T)^+`.
+        """
         A, like, throw = self.A, self.like, self.spec.throw
         AT = transpose(A, like)
         damp = self.tols[2]

@@ -111,9 +111,7 @@ def test_damped_lsqr_with_x0_gradient():
 
     @jax.jit
     def loss(A, b, x0):
-        sol = matfree.solve(
-            lambda v: A @ v, b, method="lsqr", x0=x0, damp=damp, rtol=1e-12
-        )
+        sol = matfree.solve(lambda v: A @ v, b, method="lsqr", x0=x0, damp=damp, rtol=1e-12)
         return jnp.dot(W, sol.value)
 
     def dense(A, b, x0):
