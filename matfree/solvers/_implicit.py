@@ -27,7 +27,8 @@ Which function of `b` the solve computes decides its derivative:
   `N = A^T A + damp^2 I`, `nu = N^+ y` and `w = dA^T (A nu)`,
   `dy = N^+ (A^T (db - dA x - A dx0 - A w) - damp^2 w + dA^T r) + w`. `N^+ c`
   is two LSQR solves: `Ã^+ ((Ã^T)^+ c)`, the first a least-squares problem
-  with `Ã^T`, the second consistent.
+  with `Ã^T`, the second consistent; `nu` (with `y` in the range of `N`) is
+  one CG solve with `N`.
 
 These are the derivatives of `jnp.linalg.pinv(A) @ b` (checked in the tests
 against its automatic derivatives); the rank must not change under the
@@ -239,10 +240,11 @@ class _Rule:
 
         return jax.lax.custom_linear_solve(self.A, C, solve, symmetric=True)
 
-    def pinv_normal(self, C, B):
+    def pinv_normal(self, C, B, consistent=False):
         """`N^+ C` with `N = A^T A + damp^2 I`, transposable.
 
-        Two LSQR solves with `Ã = [A; damp I]`: `N^+ = Ã^+ (Ã^T)^+`.
+        Two LSQR solves with `Ã = [A; damp I]`: `N^+ = Ã^+ (Ã^T)^+`; one CG
+        solve with `N` if `C` is in the range of `N`.
         """
         A, like, throw = self.A, self.like, self.spec.throw
         AT = transpose(A, like)
@@ -258,9 +260,15 @@ class _Rule:
         like_z = jnp.zeros((like.shape[0], n_b + like.shape[1]), like.dtype)
 
         def solve(_, C):
+            if consistent:
+                return _checked(*self._solve(fn_normal, None, C, method="cg"), throw)
             Z, flag1 = self._lsq(AtT, At, C, like_z)
             X, flag2 = self._lsq(At, AtT, Z, like)
             return _checked(X, _worse(flag1, flag2), throw)
+
+        def fn_normal(x, *p):
+            Ap = _flat.map_rows(self.fn, p)
+            return transpose(Ap, x[None])(Ap(x[None]))[0] + damp**2 * x
 
         def normal(X):
             return AT(A(X)) + damp**2 * X
@@ -306,7 +314,7 @@ class _Rule:
             AT = transpose(A, like)
             C = AT(rhs)
             if moved:
-                W = dAT(A(self.pinv_normal(Y, B)))
+                W = dAT(A(self.pinv_normal(Y, B, consistent=True)))
                 C = C - AT(A(W)) - damp**2 * W + dAT(B - A(X))
             dY = self.pinv_normal(C, B)
         if moved:
