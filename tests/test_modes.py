@@ -3,7 +3,7 @@ with `gradient="autodiff"` (and agrees with the default rule's reverse mode);
 forward mode through a `gradient="adjoint"` rule raises an error that names
 `gradient="autodiff"`, eagerly, under an outer `jax.jit`, and for
 forward-over-reverse (`jax.hessian`). (`solve` supports every mode by
-default: tests/test_solvers/test_modes.py.)"""
+default: tests/test_solvers/test_solve_modes.py.)"""
 
 import jax
 import jax.numpy as jnp
