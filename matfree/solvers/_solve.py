@@ -142,12 +142,16 @@ def solve(
     history
         Record the residual norm after every iteration.
     gradient
-        `"adjoint"` (default): differentiate by an adjoint solve (implicit
-        differentiation; memory independent of the number of iterations;
-        reverse mode only, `jax.jvp` raises a `TypeError`). `"autodiff"`:
-        differentiate through the iterations (forward mode and higher
-        derivatives; memory grows with `maxiter`, as the loop runs to
-        `maxiter` with frozen steps).
+        `"adjoint"` (default): implicit differentiation, each derivative one
+        more solve with the same method (memory independent of the number
+        of iterations). Forward mode (`jax.jvp`, `jax.jacfwd`), reverse mode
+        (`jax.grad`) and higher derivatives (`jax.hessian`) all work. For
+        `"lsqr"` and `"minres"` it is the derivative of the minimum-norm
+        solution `A^+ b`, also for rank-deficient or singular (consistent)
+        problems; for the other methods that of `A^{-1} b`. A derivative whose
+        solve fails is NaN (and raises with `throw=True`). `"autodiff"`:
+        differentiate through the iterations (memory grows with `maxiter`,
+        as the loop runs to `maxiter` with frozen steps).
     batched
         Solve `m` systems whose right-hand sides are stacked along a leading
         axis of `b` (shape `(m, n)`), in one loop with one batched matvec per
@@ -157,8 +161,10 @@ def solve(
     throw
         With `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, attached to every field of the result, also
-        under `jit`); the adjoint solve of the gradient raises likewise if it
-        does not converge. With `False`, inspect `status` yourself.
+        under `jit`); a solve of a derivative (the adjoint solve of a
+        gradient, the tangent solve of `jax.jvp`) raises likewise if it does
+        not converge. With `False`, inspect `status` yourself; a derivative
+        that could not be computed is NaN.
 
     Returns
     -------
@@ -277,17 +283,7 @@ def _run(spec, problem, tols):
     like = jnp.zeros((m, op.size), op.dtype) if X0 is None else X0
     pfn, pparams = (None, ()) if pop is None else (pop.fn, tuple(pop.params))
     args = (spec, op.fn, pfn, B, X0, like, tuple(op.params), pparams, tols)
-    try:
-        return _implicit.solve_block(*args)
-    except TypeError as err:
-        if "forward-mode" not in str(err):
-            raise
-        msg = (
-            "`jax.jvp` (forward mode) cannot differentiate `solve` with "
-            "`gradient='adjoint'` (implicit differentiation, reverse mode only); "
-            'pass `gradient="autodiff"` to differentiate through the iterations.'
-        )
-        raise TypeError(msg) from err
+    return _implicit.solve_block(*args)
 
 
 def _result(problem, X, num_steps, flag, hist, maxiter) -> Solution:

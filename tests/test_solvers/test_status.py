@@ -152,5 +152,10 @@ def test_throw_covers_the_adjoint_solve_of_the_gradient():
         return jnp.dot(w, matfree.solve(lambda v: A @ v, b, maxiter=1).value)
 
     assert jnp.allclose(loss(b), 1.0)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge"):
+    # The adjoint solve runs inside the compiled `custom_linear_solve`: the
+    # message arrives as it does under `jax.jit` (wrapped in an XLA error).
+    # (Which exception class wraps it depends on JAX's dispatch path: an XLA
+    # runtime error, or a ValueError when the compiled solve is cached.)
+    errors = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError)
+    with pytest.raises(errors, match="did not converge"):
         jax.grad(loss)(b)
