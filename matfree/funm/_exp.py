@@ -123,6 +123,41 @@ def exp_action(
     exponential operator. SIAM J. Numer. Anal. 34 (1997).
     R. B. Sidje. Expokit. ACM TOMS 24 (1998).
     """
+    return run(
+        matvec,
+        v,
+        t=t,
+        depth=depth,
+        symmetric=symmetric,
+        num_substeps=num_substeps,
+        tol=tol,
+        reortho=reortho,
+        gradient=gradient,
+        throw=throw,
+        throw_gradient=throw,
+    )
+
+
+def run(
+    matvec,
+    v,
+    *,
+    t,
+    depth,
+    symmetric,
+    num_substeps,
+    tol,
+    reortho,
+    gradient,
+    throw,
+    throw_gradient,
+) -> FunmResult:
+    """`exp_action` with separate switches for the forward and backward checks.
+
+    `throw_gradient` raises in the backward pass when the adjoint's error
+    estimate fails (non-symmetric path); callers that collect the forward
+    status themselves (`pde.solve`) pass `throw=False, throw_gradient=True`.
+    """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
     flat, op = _flat.flatten(matvec, v)
     depth = _checks.check_depth(depth, op.size)
@@ -131,7 +166,7 @@ def exp_action(
     if tol is not None:
         tol = _check_tol(tol, flat.dtype)
 
-    step = _make_step(op, depth, symmetric, reortho, gradient)
+    step = _make_step(op, depth, symmetric, reortho, gradient, tol, throw_gradient)
     if tol is None:
         run = _adjoint.call(_uniform, gradient, step, flat, t, num_substeps)
     else:
@@ -159,20 +194,25 @@ def exp_action(
     return _common.finish(result, throw=throw)
 
 
-def _make_step(op, depth, symmetric, reortho, gradient):
-    """Return `step(w, t, choose) -> (expm(tau A) w, estimate, tau / t)`.
+def _make_step(op, depth, symmetric, reortho, gradient, tol=None, throw=False):
+    """Return `step(w, t, choose, args) -> (expm(tau A) w, estimate, tau / t)`.
 
-    One Krylov decomposition of `w`; `choose(estimates_fn) -> fraction` picks
-    the substep as a fraction of `t` (constant for differentiation), given a
-    function that evaluates the error estimate at candidate step lengths.
+    One Krylov decomposition of `w`; `choose(estimates_fn, *args) -> fraction`
+    picks the substep as a fraction of `t` (constant for differentiation),
+    given a function that evaluates the error estimate at candidate step
+    lengths. `choose` must not close over traced arrays: the custom gradient
+    rules run it inside `jax.checkpoint`, which traces it again; its traced
+    inputs travel in `args`.
     """
 
     def matvec(x):
         return op.fn(x, *op.params)
 
-    def step(w, t, choose):
+    def step(w, t, choose, args):
         if symmetric and gradient == "adjoint":
-            return _two_sided_step(w, t, choose)
+            return _two_sided_step(w, t, choose, args)
+        if gradient == "adjoint":
+            return _arnoldi_step(w, t, choose, args)
         if symmetric:
             res, c = _common.decompose(
                 decomp.lanczos, matvec, w, depth=depth, reortho=reortho, gradient=gradient
@@ -186,7 +226,7 @@ def _make_step(op, depth, symmetric, reortho, gradient):
         K = jnp.where(c > 0, K, 0.0)
         h = safe_norm(jax.lax.stop_gradient(res.residual))
         estimates = _estimator(K, h, c, t, symmetric)
-        fraction = jax.lax.stop_gradient(choose(estimates))
+        fraction = jax.lax.stop_gradient(choose(estimates, *args))
         tau = t * fraction
         if symmetric:
             y = _dense.funm_sym(jnp.exp, tau * K)[:, 0]
@@ -194,21 +234,33 @@ def _make_step(op, depth, symmetric, reortho, gradient):
             y = jax.scipy.linalg.expm(tau * K)[:, 0]
         return c * (res.basis.T @ y), estimates(fraction[None])[0], fraction
 
-    def _two_sided_step(w, t, choose):
+    def _two_sided_step(w, t, choose, args):
         # Symmetric operators: gradients by a second Lanczos run on the
         # cotangent (see `_two_sided`), accurate even for smooth `w`.
-        def prepare(K, r, c, t0):
+        def prepare(args, K, r, c, t0):
             estimates = _estimator(K, safe_norm(r), c, t0, True)
-            fraction = choose(estimates)
+            fraction = choose(estimates, *args)
             return fraction, estimates(fraction[None])[0]
 
         def f(lam, t, aux):
             return jnp.exp(t * aux[0] * lam)
 
         value, (_, _, (fraction, estimate)) = _two_sided.lanczos_action(
-            f, op.fn, depth, reortho, w, op.params, t, prepare
+            f, op.fn, depth, reortho, w, op.params, t, prepare, args
         )
         return value, estimate, fraction
+
+    def _arnoldi_step(w, t, choose, args):
+        # General operators: gradients by a second Arnoldi run, on A^T from the
+        # cotangent, and the block-triangular exponential (see `_two_sided`).
+        def prepare(args, H, r, c, t0):
+            estimates = _estimator(H, safe_norm(r), c, t0, False)
+            fraction = choose(estimates, *args)
+            return fraction, estimates(fraction[None])[0]
+
+        return _two_sided.arnoldi_exp(
+            op.fn, depth, prepare, w, op.params, t, tol, args, throw=throw
+        )
 
     return step
 
@@ -249,12 +301,12 @@ def _uniform(step, w, t, num_substeps):
         return jnp.asarray(fraction, w.dtype)
 
     if num_substeps == 1:
-        value, est, _ = step(w, t, choose)
+        value, est, _ = step(w, t, choose, ())
         return value, est, jnp.int32(1)
 
     @jax.checkpoint
     def body(w, _):
-        w, est, _ = step(w, t, choose)
+        w, est, _ = step(w, t, choose, ())
         return w, est
 
     value, ests = jax.lax.scan(body, w, None, length=num_substeps)
@@ -273,12 +325,7 @@ def _adaptive(step, w, t, tol, num_substeps):
         w, remaining, _, est_sum, steps = carry
         fractions = remaining * ratios  # candidate substeps, as fractions of t
 
-        def choose(estimates):
-            ok = estimates(fractions) <= budget * fractions
-            j = jnp.where(jnp.any(ok), jnp.argmax(ok), _NUM_CANDIDATES - 1)
-            return fractions[jnp.where(last, 0, j)]
-
-        w_new, est, fraction = step(w, t, choose)
+        w_new, est, fraction = step(w, t, _choose_adaptive, (fractions, budget, last))
         # The substep that covers the remaining time ends the iteration.
         done = fraction >= remaining
         return (w_new, remaining - fraction, done, est_sum + est, steps + 1)
@@ -294,6 +341,13 @@ def _adaptive(step, w, t, tol, num_substeps):
     init = (w, jnp.asarray(1.0, dtype), done0, jnp.asarray(0.0, dtype), jnp.int32(0))
     (value, _, _, est, steps), _ = jax.lax.scan(body, init, jnp.arange(num_substeps))
     return value, est, steps
+
+
+def _choose_adaptive(estimates, fractions, budget, last):
+    """The longest candidate substep whose estimate meets the budget."""
+    ok = estimates(fractions) <= budget * fractions
+    j = jnp.where(jnp.any(ok), jnp.argmax(ok), _NUM_CANDIDATES - 1)
+    return fractions[jnp.where(last, 0, j)]
 
 
 def _check_time(t, dtype):
