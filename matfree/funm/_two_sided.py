@@ -147,14 +147,14 @@ _action.defvjp(_forward, _backward)
 GRADIENT_NOT_CONVERGED = (
     "matfree: the gradient did not converge: in the backward pass of `exp_action` "
     "(non-symmetric operator), the error estimate of the adjoint Krylov "
-    "approximation expm(tau A^T) ybar exceeds `tol` (without `tol`: 100 times the "
-    "value's own estimate, and sqrt(eps)) -- the cotangent has more weight on the "
-    "stiff part of the spectrum than the value. Raise `num_substeps` or `depth`, "
-    "or pass `throw=False` to accept the gradient as it is."
+    "approximation expm(tau A^T) ybar exceeds 100 times `tol` (without `tol`: 100 "
+    "times the value's own estimate, and sqrt(eps)) -- the cotangent has more weight "
+    "on the stiff part of the spectrum than the value. Raise `num_substeps` or "
+    "`depth`, or pass `throw=False` to accept the gradient as it is."
 )
 
-# Without `tol`, the gradient may trail the value by this factor before the
-# backward pass raises (relative error estimates per substep).
+# The gradient may trail the value by this factor before the backward pass
+# raises (relative error estimates per substep, against `tol` or the value's).
 GRADIENT_FACTOR = 100.0
 
 
@@ -169,9 +169,10 @@ def arnoldi_exp(fn, depth, prepare, w, params, t, tol, prepare_args=(), *, throw
     (`fraction` is a constant). In the backward pass, with `throw`, the
     adjoint's relative error estimate (Saad's estimate for
     `expm(tau A^T) ybar`, relative to `|ybar|`) is checked per substep against
-    `tol * fraction` (the value's own criterion), or without `tol` (`None`)
-    against `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure
-    raises `GRADIENT_NOT_CONVERGED`.
+    `GRADIENT_FACTOR * tol * fraction` (the value's own criterion, loosened
+    by the factor), or without `tol` (`None`) against
+    `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure raises
+    `GRADIENT_NOT_CONVERGED`.
     """
     if tol is None:
         tol = -1.0  # marks "no tolerance": compare with the value's estimate
@@ -188,7 +189,7 @@ def adjoint_limit(tol, fraction, estimate, c):
     value_rel = estimate / jnp.where(c > 0, c, 1.0)
     floor = jnp.sqrt(jnp.finfo(c.dtype).eps)
     relative = jnp.maximum(GRADIENT_FACTOR * value_rel, floor)
-    return jnp.where(tol >= 0, tol * fraction, relative)
+    return jnp.where(tol >= 0, GRADIENT_FACTOR * tol * fraction, relative)
 
 
 def _arnoldi(matvec, v, depth):
