@@ -97,8 +97,9 @@ def test_gradient_converges_with_the_value_where_the_loop_derivative_does_not():
 def test_unconverged_gradient_trails_the_value_by_at_most_100x():
     """4 substeps: value 6.1e-5; gradients 7.6e-6, 2.6e-3, 1.2e-4, 1.6e-3.
 
-    The old rule (autodiff through the loop) gives 6.1e9 for `v` here. With `throw=True` (default) the backward pass accepts it: the adjoint's
-    estimate is within 100x of the value's.
+    The old rule (autodiff through the loop) gives 6.1e9 for `v` here. With
+    `throw=True` (default) the backward pass accepts it: the adjoint's estimate
+    is within 100x of the value's.
     """
     value_ref, g_ref = reference("smooth")
     value, _, g = krylov("smooth", depth=30, num_substeps=4)
@@ -139,9 +140,10 @@ def test_adaptive_substeps_and_a_traced_tol():
     def grads(tol):
         def loss(D, b, v, t):
             op = advection_diffusion(D, b)
-            return SMOOTH @ matfree.exp_action(
-                op, v, t=t, depth=30, num_substeps=16, tol=tol
-            ).value
+            return (
+                SMOOTH
+                @ matfree.exp_action(op, v, t=t, depth=30, num_substeps=16, tol=tol).value
+            )
 
         return jax.grad(loss, (0, 1, 2, 3))(*PARAMS, V, T)
 
@@ -181,9 +183,7 @@ def test_jit_vmap_and_check_grads_on_a_small_matrix():
 
     grad = jax.grad(loss, (0, 1, 2))
     g = jax.jit(jax.vmap(grad, in_axes=(None, 0, None)))(0.7, vs, 1.3)
-    g_ref = jax.vmap(jax.grad(loss_ref, (0, 1, 2)), in_axes=(None, 0, None))(
-        0.7, vs, 1.3
-    )
+    g_ref = jax.vmap(jax.grad(loss_ref, (0, 1, 2)), in_axes=(None, 0, None))(0.7, vs, 1.3)
     for a, b in zip(g, g_ref, strict=True):
         assert jnp.allclose(a, b, rtol=1e-9, atol=1e-11)
     check_grads(jax.jit(loss), (0.7, vs[0], 1.3), order=1, modes=["rev"])
