@@ -44,11 +44,21 @@ def exp_action(
     (Saad 1992; Hochbruck, Lubich, Selhofer 1998).
 
     Gradients w.r.t. `v`, `t` and every array `matvec` closes over come from
-    custom rules, as in `funm_action`: for `symmetric=True` a second Lanczos
-    run on the cotangent (accurate for smooth vectors too), otherwise the
-    adjoint of the Arnoldi decomposition; with several substeps each substep is
-    checkpointed, so gradient memory is `O(n (depth + num_substeps))`, at the
-    price of recomputing each substep's forward pass in the backward pass.
+    two-sided rules that differentiate `expm(tA) v` itself, not its Krylov
+    approximation: for `symmetric=True` a second Lanczos run on the cotangent
+    (as in `funm_action`); otherwise a second Arnoldi run on `A^T` (a VJP of
+    the matvec) from the cotangent `ybar` gives `vbar = expm(tau A^T) ybar`,
+    and the operator's cotangent, the time integral
+    `int_0^tau expm((tau-s) A^T) ybar (expm(s A) v)^T ds`, comes from the
+    block-triangular exponential of the two Hessenberg matrices and one VJP of
+    the matvec over the `depth` basis vectors. The backward pass estimates the
+    adjoint's error like the value's (Saad's estimate for `expm(tau A^T) ybar`)
+    and, with `throw=True`, raises if it exceeds 100 times `tol` (without
+    `tol`: 100 times the value's estimate, and `sqrt(eps)`): a cotangent with
+    more weight on the stiff modes than `v` needs more substeps. With several
+    substeps each substep is checkpointed, so gradient memory is
+    `O(n (depth + num_substeps))`, at the price of recomputing each substep's
+    forward pass in the backward pass.
 
     Parameters
     ----------
@@ -83,8 +93,8 @@ def exp_action(
         covers whatever time remains; if the summed estimate then exceeds
         `tol |v|`, status `NOT_CONVERGED` is reported. The step sizes are treated as
         constants for differentiation, so the result is differentiable.
-        The estimate controls the value; its gradient converges more slowly,
-        so use a tighter `tol` when you differentiate (see the docs page).
+        The estimate controls the value; the backward pass checks the
+        gradient's own estimate against `100 * tol` (see `throw`).
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always does it).
     gradient
@@ -95,7 +105,9 @@ def exp_action(
         If `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, also under `jit`) whichever field of the
         result is read. A traced negative `t` is status `INVALID_INPUT` (the
-        value is then NaN).
+        value is then NaN). For `symmetric=False`, it also raises in the
+        backward pass when the gradient's error estimate fails (see above);
+        `throw=False` accepts that gradient.
 
     Returns
     -------
