@@ -281,8 +281,14 @@ def adjoint(
         # come from Gamma (symmetric: column j is read later as row i < j).
         later = (idx > j).astype(dtype)
         lower = (idx <= j).astype(dtype)
-        zq = jnp.einsum("min,mn->mi", Q, z0) * lower
-        coeff = Gam[:, j, :] * later - zq  # z_perp = z0 + coeff @ Q
+        # Classical Gram-Schmidt twice, as in the forward pass: z0 can be much
+        # larger than its part orthogonal to q_1..q_j (which is divided by a
+        # possibly tiny h_{j,j-1} below), and one pass leaves O(eps |z0|).
+        zq1 = jnp.einsum("min,mn->mi", Q, z0) * lower
+        z0 = z0 - jnp.einsum("mi,min->mn", zq1, Q)
+        zq2 = jnp.einsum("min,mn->mi", Q, z0) * lower
+        zq = zq1 + zq2
+        coeff = Gam[:, j, :] * later - zq2  # z_perp = z0 + coeff @ Q
 
         # j >= 1: lambda_{j-1} = z_perp / h + Hbar[:j+1, j-1] @ Q and Gamma[:, j].
         # j == 0: the cotangent of v0 = z_perp / c + cbar q_1.

@@ -4,7 +4,9 @@ All actions reduce `f(A) v` to a small dense matrix function through
 `matfree.decomp.lanczos` (symmetric) or `matfree.decomp.arnoldi` (general),
 and are differentiable through custom rules (`gradient="adjoint"`): for
 symmetric operators, a second Lanczos run on the cotangent (`_two_sided`);
-otherwise the Arnoldi adjoint. `gradient="autodiff"` differentiates through
+for `exp_action` with a general operator, a second Arnoldi run on `A^T` and
+a block-triangular exponential (`_two_sided`); otherwise (`funm_action` with
+`symmetric=False`) the Arnoldi adjoint. `gradient="autodiff"` differentiates through
 the loops instead.
 
 Every action returns a `FunmResult` (`value`, `status`, `error_estimate`,

@@ -45,11 +45,21 @@ def exp_action(
     (Saad 1992; Hochbruck, Lubich, Selhofer 1998).
 
     Gradients w.r.t. `v`, `t` and every array `matvec` closes over come from
-    custom rules, as in `funm_action`: for `symmetric=True` a second Lanczos
-    run on the cotangent (accurate for smooth vectors too), otherwise the
-    adjoint of the Arnoldi decomposition; with several substeps each substep is
-    checkpointed, so gradient memory is `O(n (depth + num_substeps))`, at the
-    price of recomputing each substep's forward pass in the backward pass.
+    two-sided rules that differentiate `expm(tA) v` itself, not its Krylov
+    approximation: for `symmetric=True` a second Lanczos run on the cotangent
+    (as in `funm_action`); otherwise a second Arnoldi run on `A^T` (a VJP of
+    the matvec) from the cotangent `ybar` gives `vbar = expm(tau A^T) ybar`,
+    and the operator's cotangent, the time integral
+    `int_0^tau expm((tau-s) A^T) ybar (expm(s A) v)^T ds`, comes from the
+    block-triangular exponential of the two Hessenberg matrices and one VJP of
+    the matvec over the `depth` basis vectors. The backward pass estimates the
+    adjoint's error like the value's (Saad's estimate for `expm(tau A^T) ybar`)
+    and, with `throw=True`, raises if it exceeds 100 times `tol` (without
+    `tol`: 100 times the value's estimate, and `sqrt(eps)`): a cotangent with
+    more weight on the stiff modes than `v` needs more substeps. With several
+    substeps each substep is checkpointed, so gradient memory is
+    `O(n (depth + num_substeps))`, at the price of recomputing each substep's
+    forward pass in the backward pass.
 
     Parameters
     ----------
@@ -84,8 +94,8 @@ def exp_action(
         covers whatever time remains; if the summed estimate then exceeds
         `tol |v|`, status `NOT_CONVERGED` is reported. The step sizes are treated as
         constants for differentiation, so the result is differentiable.
-        The estimate controls the value; its gradient converges more slowly,
-        so use a tighter `tol` when you differentiate (see the docs page).
+        The estimate controls the value; the backward pass checks the
+        gradient's own estimate against `100 * tol` (see `throw`).
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always does it).
     gradient
@@ -96,7 +106,9 @@ def exp_action(
         If `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, also under `jit`) whichever field of the
         result is read. A traced negative `t` is status `INVALID_INPUT` (the
-        value is then NaN).
+        value is then NaN). For `symmetric=False`, it also raises in the
+        backward pass when the gradient's error estimate fails (see above);
+        `throw=False` accepts that gradient.
 
     Returns
     -------
@@ -124,6 +136,41 @@ def exp_action(
     exponential operator. SIAM J. Numer. Anal. 34 (1997).
     R. B. Sidje. Expokit. ACM TOMS 24 (1998).
     """
+    return run(
+        matvec,
+        v,
+        t=t,
+        depth=depth,
+        symmetric=symmetric,
+        num_substeps=num_substeps,
+        tol=tol,
+        reortho=reortho,
+        gradient=gradient,
+        throw=throw,
+        throw_gradient=throw,
+    )
+
+
+def run(
+    matvec,
+    v,
+    *,
+    t,
+    depth,
+    symmetric,
+    num_substeps,
+    tol,
+    reortho,
+    gradient,
+    throw,
+    throw_gradient,
+) -> FunmResult:
+    """`exp_action` with separate switches for the forward and backward checks.
+
+    `throw_gradient` raises in the backward pass when the adjoint's error
+    estimate fails (non-symmetric path); callers that collect the forward
+    status themselves (`pde.solve`) pass `throw=False, throw_gradient=True`.
+    """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
     flat, op = _flat.flatten(matvec, v)
     depth = _checks.check_depth(depth, op.size)
@@ -132,7 +179,7 @@ def exp_action(
     if tol is not None:
         tol = _check_tol(tol, flat.dtype)
 
-    step = _make_step(op, depth, symmetric, reortho, gradient)
+    step = _make_step(op, depth, symmetric, reortho, gradient, tol, throw_gradient)
     if tol is None:
         run = _adjoint.call(_uniform, gradient, step, flat, t, num_substeps)
     else:
@@ -160,20 +207,25 @@ def exp_action(
     return _common.finish(result, throw=throw)
 
 
-def _make_step(op, depth, symmetric, reortho, gradient):
-    """Return `step(w, t, choose) -> (expm(tau A) w, estimate, tau / t)`.
+def _make_step(op, depth, symmetric, reortho, gradient, tol=None, throw=False):
+    """Return `step(w, t, choose, args) -> (expm(tau A) w, estimate, tau / t)`.
 
-    One Krylov decomposition of `w`; `choose(estimates_fn) -> fraction` picks
-    the substep as a fraction of `t` (constant for differentiation), given a
-    function that evaluates the error estimate at candidate step lengths.
+    One Krylov decomposition of `w`; `choose(estimates_fn, *args) -> fraction`
+    picks the substep as a fraction of `t` (constant for differentiation),
+    given a function that evaluates the error estimate at candidate step
+    lengths. `choose` must not close over traced arrays: the custom gradient
+    rules run it inside `jax.checkpoint`, which traces it again; its traced
+    inputs travel in `args`.
     """
 
     def matvec(x):
         return op.fn(x, *op.params)
 
-    def step(w, t, choose):
+    def step(w, t, choose, args):
         if symmetric and gradient == "adjoint":
-            return _two_sided_step(w, t, choose)
+            return _two_sided_step(w, t, choose, args)
+        if gradient == "adjoint":
+            return _arnoldi_step(w, t, choose, args)
         if symmetric:
             res, c = _common.decompose(
                 decomp.lanczos, matvec, w, depth=depth, reortho=reortho, gradient=gradient
@@ -187,7 +239,7 @@ def _make_step(op, depth, symmetric, reortho, gradient):
         K = jnp.where(c > 0, K, 0.0)
         h = safe_norm(jax.lax.stop_gradient(res.residual))
         estimates = _estimator(K, h, c, t, symmetric)
-        fraction = jax.lax.stop_gradient(choose(estimates))
+        fraction = jax.lax.stop_gradient(choose(estimates, *args))
         tau = t * fraction
         if symmetric:
             y = _dense.funm_sym(jnp.exp, tau * K)[:, 0]
@@ -195,21 +247,33 @@ def _make_step(op, depth, symmetric, reortho, gradient):
             y = jax.scipy.linalg.expm(tau * K)[:, 0]
         return c * (res.basis.T @ y), estimates(fraction[None])[0], fraction
 
-    def _two_sided_step(w, t, choose):
+    def _two_sided_step(w, t, choose, args):
         # Symmetric operators: gradients by a second Lanczos run on the
         # cotangent (see `_two_sided`), accurate even for smooth `w`.
-        def prepare(K, r, c, t0):
+        def prepare(args, K, r, c, t0):
             estimates = _estimator(K, safe_norm(r), c, t0, True)
-            fraction = choose(estimates)
+            fraction = choose(estimates, *args)
             return fraction, estimates(fraction[None])[0]
 
         def f(lam, t, aux):
             return jnp.exp(t * aux[0] * lam)
 
         value, (_, _, (fraction, estimate)) = _two_sided.lanczos_action(
-            f, op.fn, depth, reortho, w, op.params, t, prepare
+            f, op.fn, depth, reortho, w, op.params, t, prepare, args
         )
         return value, estimate, fraction
+
+    def _arnoldi_step(w, t, choose, args):
+        # General operators: gradients by a second Arnoldi run, on A^T from the
+        # cotangent, and the block-triangular exponential (see `_two_sided`).
+        def prepare(args, H, r, c, t0):
+            estimates = _estimator(H, safe_norm(r), c, t0, False)
+            fraction = choose(estimates, *args)
+            return fraction, estimates(fraction[None])[0]
+
+        return _two_sided.arnoldi_exp(
+            op.fn, depth, prepare, w, op.params, t, tol, args, throw=throw
+        )
 
     return step
 
@@ -250,12 +314,12 @@ def _uniform(step, w, t, num_substeps):
         return jnp.asarray(fraction, w.dtype)
 
     if num_substeps == 1:
-        value, est, _ = step(w, t, choose)
+        value, est, _ = step(w, t, choose, ())
         return value, est, jnp.int32(1)
 
     @jax.checkpoint
     def body(w, _):
-        w, est, _ = step(w, t, choose)
+        w, est, _ = step(w, t, choose, ())
         return w, est
 
     value, ests = jax.lax.scan(body, w, None, length=num_substeps)
@@ -274,12 +338,7 @@ def _adaptive(step, w, t, tol, num_substeps):
         w, remaining, _, est_sum, steps = carry
         fractions = remaining * ratios  # candidate substeps, as fractions of t
 
-        def choose(estimates):
-            ok = estimates(fractions) <= budget * fractions
-            j = jnp.where(jnp.any(ok), jnp.argmax(ok), _NUM_CANDIDATES - 1)
-            return fractions[jnp.where(last, 0, j)]
-
-        w_new, est, fraction = step(w, t, choose)
+        w_new, est, fraction = step(w, t, _choose_adaptive, (fractions, budget, last))
         # The substep that covers the remaining time ends the iteration.
         done = fraction >= remaining
         return (w_new, remaining - fraction, done, est_sum + est, steps + 1)
@@ -295,6 +354,13 @@ def _adaptive(step, w, t, tol, num_substeps):
     init = (w, jnp.asarray(1.0, dtype), done0, jnp.asarray(0.0, dtype), jnp.int32(0))
     (value, _, _, est, steps), _ = jax.lax.scan(body, init, jnp.arange(num_substeps))
     return value, est, steps
+
+
+def _choose_adaptive(estimates, fractions, budget, last):
+    """The longest candidate substep whose estimate meets the budget."""
+    ok = estimates(fractions) <= budget * fractions
+    j = jnp.where(jnp.any(ok), jnp.argmax(ok), _NUM_CANDIDATES - 1)
+    return fractions[jnp.where(last, 0, j)]
 
 
 def _check_time(t, dtype):

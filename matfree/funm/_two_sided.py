@@ -24,20 +24,26 @@ from __future__ import annotations
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from matfree import _dense, decomp
+from matfree._flat import safe_norm
 from matfree.funm import _common
 
 
-def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None):
+def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None, prepare_args=()):
     """Return `(f(A) v, (T, |v|, aux))` with `f(lambda, s, aux)` elementwise.
 
     `fn(x, *params)` is the flat matvec of a symmetric `A`; `s` is a scalar
     parameter of `f` (e.g. the time of an exponential), differentiable.
-    `prepare(T, residual, |v|, s) -> aux` (all arguments without gradient)
-    may choose constants for `f` from the decomposition, e.g. a step length.
+    `prepare(prepare_args, T, residual, |v|, s) -> aux` (all arguments without
+    gradient) may choose constants for `f` from the decomposition, e.g. a step
+    length. `prepare` must not close over traced arrays (under `jax.checkpoint`
+    the forward pass is traced again, and a closed-over tracer would leak):
+    pass them in the pytree `prepare_args` instead.
     `T`, `|v|` and `aux` are returned for diagnostics and carry no gradient.
     """
     if prepare is None:
@@ -45,7 +51,8 @@ def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None):
         def prepare(*_):
             return ()
 
-    y, T, c, aux = _action(f, prepare, fn, depth, reortho, v, params, s)
+    prepare_args = jax.tree_util.tree_map(jax.lax.stop_gradient, prepare_args)
+    y, T, c, aux = _action(f, prepare, fn, depth, reortho, v, params, s, prepare_args)
     stop = jax.lax.stop_gradient
     return y, (stop(T), stop(c), jax.tree_util.tree_map(stop, aux))
 
@@ -67,21 +74,22 @@ def _apply(f, s, aux, Q, T, c):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _action(f, prepare, fn, depth, reortho, v, params, s):
-    return _forward(f, prepare, fn, depth, reortho, v, params, s)[0]
+def _action(f, prepare, fn, depth, reortho, v, params, s, prepare_args):
+    return _forward(f, prepare, fn, depth, reortho, v, params, s, prepare_args)[0]
 
 
-def _forward(f, prepare, fn, depth, reortho, v, params, s):
+def _forward(f, prepare, fn, depth, reortho, v, params, s, prepare_args):
     Q, T, r, c = _lanczos(fn, params, v, depth, reortho)
     stop = jax.lax.stop_gradient
-    aux = jax.tree_util.tree_map(stop, prepare(stop(T), stop(r), stop(c), stop(s)))
+    aux = prepare(prepare_args, stop(T), stop(r), stop(c), stop(s))
+    aux = jax.tree_util.tree_map(stop, aux)
     y, w, S = _apply(f, s, aux, Q, T, c)
-    return (y, T, c, aux), (Q, w, S, c, params, s, aux)
+    return (y, T, c, aux), (Q, w, S, c, params, s, aux, zero_cotangents(prepare_args))
 
 
 def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     del prepare
-    Q, w, S, c, params, s, aux = residuals
+    Q, w, S, c, params, s, aux, prepare_args_bar = residuals
     ybar = cotangents[0]
     Qc, Tc, _, cc = _lanczos(fn, params, ybar, depth, reortho)
     vbar, wc, Sc = _apply(f, s, aux, Qc, Tc, cc)
@@ -96,7 +104,160 @@ def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     # d/ds ybar^T f(A, s) v, from the Krylov space of v.
     dfds = jax.vmap(jax.grad(f, argnums=1), in_axes=(0, None, None))(w, s, aux)
     sbar = jnp.dot(ybar, c * (Q.T @ (S @ (dfds * S[0]))))
-    return vbar, pbar, sbar.astype(jnp.result_type(s))
+    return vbar, pbar, sbar.astype(jnp.result_type(s)), prepare_args_bar
+
+
+def zero_cotangents(tree):
+    """Zero cotangents for arguments that get none (`float0` for int and bool)."""
+
+    def zero(x):
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.zeros_like(x)
+        return np.zeros(x.shape, dtype=jax.dtypes.float0)
+
+    return jax.tree_util.tree_map(zero, tree)
 
 
 _action.defvjp(_forward, _backward)
+
+
+# ------------------------------------------------------------------ Arnoldi
+#
+# Non-symmetric operators, f = exp. With Arnoldi on v, `A Q^T = Q^T H + r e_k^T`
+# and `y = c Q^T expm(tau H) e_1` (`c = |v|`). For a cotangent `ybar`, the
+# exact gradients of `ybar^T expm(tau A) v` are
+#
+# - `vbar = expm(tau A^T) ybar`, approximated by Arnoldi on `A^T` from `ybar`:
+#   `A^T P^T = P^T G + s e_k^T`, `vbar ~ cbar P^T expm(tau G) e_1`;
+# - the operator's cotangent, the time integral
+#   `Abar = int_0^tau expm((tau - s) A^T) ybar (expm(s A) v)^T ds`. Inserting both
+#   Krylov approximations gives `Abar ~ c cbar P^T W Q` with
+#   `W = int_0^tau expm((tau - s) G) e_1 e_1^T expm(s H^T) ds`, the (1, 2) block of
+#   `expm(tau [[G, e_1 e_1^T], [0, H^T]])` (Van Loan 1978). The parameter
+#   cotangent `sum_ij c cbar W_ij p_i^T (dA) q_j` is one VJP of the matvec on
+#   the `k` rows of `Q` with cotangent rows `c cbar W^T P`;
+# - `d/dtau = ybar^T A y ~ c ybar^T (Q^T H u + r u_k)`, `u = expm(tau H) e_1`.
+#
+# Both Krylov approximations are exact when their spaces are invariant, so the
+# gradient converges as the value and the adjoint value do. The adjoint's own
+# error is estimated like the value's (Saad's estimate for `expm(tau A^T) ybar`).
+
+
+GRADIENT_NOT_CONVERGED = (
+    "matfree: the gradient did not converge: in the backward pass of `exp_action` "
+    "(non-symmetric operator), the error estimate of the adjoint Krylov "
+    "approximation expm(tau A^T) ybar exceeds 100 times `tol` (without `tol`: 100 "
+    "times the value's own estimate, and sqrt(eps)) -- the cotangent has more weight "
+    "on the stiff part of the spectrum than the value. Raise `num_substeps` or "
+    "`depth`, or pass `throw=False` to accept the gradient as it is."
+)
+
+# The gradient may trail the value by this factor before the backward pass
+# raises (relative error estimates per substep, against `tol` or the value's).
+GRADIENT_FACTOR = 100.0
+
+
+def arnoldi_exp(fn, depth, prepare, w, params, t, tol, prepare_args=(), *, throw):
+    """Return `(expm(tau A) w, estimate, fraction)` with `tau = t * fraction`.
+
+    `fn(x, *params)` is the flat matvec of a general `A`.
+    `prepare(prepare_args, H, residual, |w|, t) -> (fraction, estimate)` (all
+    arguments without gradient; no closed-over tracers, as in
+    `lanczos_action`) picks the substep from the decomposition. Gradients
+    w.r.t. `w`, `params` and `t` come from the two-sided rule above
+    (`fraction` is a constant). In the backward pass, with `throw`, the
+    adjoint's relative error estimate (Saad's estimate for
+    `expm(tau A^T) ybar`, relative to `|ybar|`) is checked per substep against
+    `GRADIENT_FACTOR * tol * fraction` (the value's own criterion, loosened
+    by the factor), or without `tol` (`None`) against
+    `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure raises
+    `GRADIENT_NOT_CONVERGED`.
+    """
+    if tol is None:
+        tol = -1.0  # marks "no tolerance": compare with the value's estimate
+    tol = jax.lax.stop_gradient(jnp.asarray(tol, w.dtype))
+    prepare_args = jax.tree_util.tree_map(jax.lax.stop_gradient, prepare_args)
+    args = (w, params, t, tol, prepare_args)
+    y, est, fraction = _arnoldi_exp(fn, depth, prepare, throw, *args)
+    stop = jax.lax.stop_gradient
+    return y, stop(est), stop(fraction)
+
+
+def adjoint_limit(tol, fraction, estimate, c):
+    """The largest acceptable relative error estimate of one adjoint substep."""
+    value_rel = estimate / jnp.where(c > 0, c, 1.0)
+    floor = jnp.sqrt(jnp.finfo(c.dtype).eps)
+    relative = jnp.maximum(GRADIENT_FACTOR * value_rel, floor)
+    return jnp.where(tol >= 0, GRADIENT_FACTOR * tol * fraction, relative)
+
+
+def _arnoldi(matvec, v, depth):
+    res, c = _common.decompose(decomp.arnoldi, matvec, v, depth=depth, gradient="autodiff")
+    H = jnp.where(c > 0, res.hessenberg, 0.0)
+    return res.basis, H, res.residual, c
+
+
+def _expm_e1(K):
+    return jax.scipy.linalg.expm(K)[:, 0]
+
+
+def _transposed(fn, params, like):
+    _, vjp = jax.vjp(lambda x: fn(x, *params), like)
+    return lambda x: vjp(x)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _arnoldi_exp(fn, depth, prepare, throw, w, params, t, tol, prepare_args):
+    args = (w, params, t, tol, prepare_args)
+    return _arnoldi_exp_fwd(fn, depth, prepare, throw, *args)[0]
+
+
+def _arnoldi_exp_fwd(fn, depth, prepare, throw, w, params, t, tol, prepare_args):
+    del throw
+    Q, H, r, c = _arnoldi(lambda x: fn(x, *params), w, depth)
+    stop = jax.lax.stop_gradient
+    fraction, est = prepare(prepare_args, stop(H), stop(r), stop(c), stop(t))
+    fraction, est = stop(fraction), stop(est)
+    u = _expm_e1(t * fraction * H)
+    y = c * (Q.T @ u)
+    zeros = zero_cotangents((tol, prepare_args))
+    limit = adjoint_limit(tol, fraction, est, c)
+    return (y, est, fraction), (Q, H, r, c, u, params, t, fraction, limit, zeros)
+
+
+def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
+    del prepare
+    Q, H, r, c, u, params, t, fraction, limit, zeros = residuals
+    ybar = cotangents[0]
+    tau = t * fraction
+    k = H.shape[0]
+
+    # vbar = expm(tau A^T) ybar, by Arnoldi on A^T (a VJP of the matvec).
+    P, G, s, cbar = _arnoldi(_transposed(fn, params, ybar), ybar, depth)
+    vbar = cbar * (P.T @ _expm_e1(tau * G))
+    adjoint_estimate = safe_norm(s) * tau * jnp.abs(phi1_last(tau * G))
+    if throw:
+        bad = (cbar > 0) & ~(adjoint_estimate <= limit)
+        vbar = eqx.error_if(vbar, bad, GRADIENT_NOT_CONVERGED)
+
+    # The time integral: (1, 2) block of the block-triangular exponential.
+    E = jnp.zeros((k, k), H.dtype).at[0, 0].set(1.0)
+    Z = jnp.block([[G, E], [jnp.zeros_like(G), H.T]])
+    W = c * cbar * jax.scipy.linalg.expm(tau * Z)[:k, k:]
+    _, vjp = jax.vjp(lambda *p: jax.vmap(lambda x: fn(x, *p))(Q), *params)
+    pbar = list(vjp(W.T @ P))
+
+    dy = c * (Q.T @ (H @ u) + r * u[-1])
+    tbar = fraction * jnp.dot(ybar, dy)
+    return (vbar, pbar, tbar.astype(jnp.result_type(t)), *zeros)
+
+
+_arnoldi_exp.defvjp(_arnoldi_exp_fwd, _arnoldi_exp_bwd)
+
+
+def phi1_last(K):
+    """`e_k^T phi_1(K) e_1`, `phi_1(z) = (e^z - 1) / z`, by an augmented exponential."""
+    k = K.shape[0]
+    M = jnp.zeros((k + 1, k + 1), K.dtype).at[:k, :k].set(K).at[0, k].set(1.0)
+    return jax.scipy.linalg.expm(M)[k - 1, k]

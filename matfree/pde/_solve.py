@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from matfree import _checks, status
-from matfree.funm import FunmResult, exp_action
+from matfree.funm import FunmResult, _exp
 from matfree.pde import _operators
 from matfree.status import Status
 
@@ -71,7 +71,9 @@ def solve(
     throw
         If `True` (default), a non-zero `status` (a non-positive traced `k`,
         or a failed `exp_action`) raises via `matfree.status.error_if`, also
-        under `jit`, whichever field is read.
+        under `jit`, whichever field is read; with a non-symmetric operator
+        the backward pass also raises when the gradient's error estimate
+        fails (see `matfree.exp_action`).
 
     Returns
     -------
@@ -102,7 +104,7 @@ def solve(
     operator.check(k)
     u0 = check_initial(u0, k)
     check_time(t)
-    res = exp_action(
+    res = _exp.run(
         operator(k),
         u0,
         t=t,
@@ -110,8 +112,10 @@ def solve(
         symmetric=operator.symmetric,
         num_substeps=num_substeps,
         tol=tol,
+        reortho=True,
         gradient=gradient,
-        throw=False,
+        throw=False,  # the forward status is combined with `k`'s below
+        throw_gradient=throw,
     )
     invalid = ~jnp.all(k > 0)  # only possible for a traced `k` (checked above)
     code = jnp.where(invalid, jnp.int32(Status.INVALID_INPUT), res.status)

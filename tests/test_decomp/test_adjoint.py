@@ -238,3 +238,30 @@ def test_forward_mode_needs_gradient_autodiff():
         jax.jvp(lambda s: f(s, True), (1.0,), (1.0,))
     _, tangent = jax.jvp(lambda s: f(s, False), (1.0,), (1.0,))
     assert jnp.allclose(tangent, f(1.0, False))  # the diagonal is linear in s
+
+
+def _reconstruction_jacobian_error(n, gradient):
+    """RMS of `J - I` for the Jacobian of `A -> Q^T H Q` at full depth (= A)."""
+    A0 = matrices.hilbert(n)
+    v = jnp.ones(n)
+
+    def reconstruct(A):
+        res = decomp.arnoldi(lambda x: A @ x, v, depth=n, gradient=gradient)
+        return res.basis.T @ res.hessenberg @ res.basis
+
+    J = jax.jit(jax.jacrev(reconstruct))(A0).reshape(n * n, n * n)
+    return jnp.sqrt(jnp.mean((J - jnp.eye(n * n)) ** 2))
+
+
+@pytest.mark.parametrize(("n", "bound"), [(8, 1e-10), (12, 1e-5)])
+def test_arnoldi_adjoint_is_stable_at_full_depth_on_hilbert_matrices(n, bound):
+    """Krämer et al. (2024), Sec. 5: the Jacobian of `A -> Q^T H Q` is the identity.
+
+    Measured (float64): adjoint 9.5e-12 (n = 8), 1.8e-6 (n = 12); autodiff
+    through the loop 8.2e-10 and 1.8e-4. Before the adjoint projected its
+    multipliers twice per step: 6.9e-9 and 3.4e-3.
+    """
+    err_adjoint = _reconstruction_jacobian_error(n, "adjoint")
+    err_loop = _reconstruction_jacobian_error(n, "autodiff")
+    assert err_adjoint < bound
+    assert err_adjoint < err_loop / 10
