@@ -13,7 +13,7 @@ both with the default rule (`gradient="adjoint"`) and with differentiation
 through the loop (`gradient="autodiff"`). The figure and the table feed
 `docs/gradient_accuracy.md`.
 
-Run: `python benchmarks/bench_gradient_accuracy.py` (about a minute on 2 cores).
+Run: `python benchmarks/bench_gradient_accuracy.py` (about 20 minutes on the shared 2-core machine).
 """
 
 from __future__ import annotations

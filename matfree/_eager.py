@@ -12,6 +12,8 @@ then runs under `equinox.filter_jit` with the operator replaced by an
 `_Operator` whose structure is a static, hashable field and whose data are
 ordinary arguments. Two calls whose operators have the same structure and
 shapes share one compiled program, whatever the arrays hold.
+Python numbers a matvec closes over are part of its structure (they are
+literals in the jaxpr): a value that changes between calls should be an array.
 
 Calls made under a JAX transformation (`jit`, `grad`, `vmap`, ...) are passed
 through untouched: the outer transformation already compiles once. So are
@@ -100,10 +102,6 @@ def _under_transformation() -> bool:
         return True
 
 
-def _has_tracer(tree) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
-
-
 def _static_key(args, kwargs):
     """The non-array part of the arguments as a hashable key, or None."""
     static = eqx.filter((args, kwargs), eqx.is_array, inverse=True)
@@ -120,19 +118,35 @@ def _is_function(fn) -> bool:
     return isinstance(fn, types.FunctionType | types.MethodType | functools.partial)
 
 
+def hoist(fn, *example):
+    """`fn` as `pure(consts, *args)`, the arrays it closes over made arguments.
+
+    Traces `fn` once on `example` (arrays or pytrees). Returns
+    `(pure, consts, jaxpr, out_tree)`. Compiled code that calls `pure` with
+    `consts` as arguments takes the data as inputs instead of folding it in as
+    constants, and code traced on another closure of the same structure gives
+    the same `jaxpr`.
+    """
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example)
+    out_tree = jax.tree_util.tree_structure(out_shape)
+    jaxpr = closed.jaxpr
+
+    def pure(consts, *args):
+        out = jax.core.eval_jaxpr(jaxpr, consts, *jax.tree_util.tree_leaves(args))
+        return jax.tree_util.tree_unflatten(out_tree, out)
+
+    return pure, list(closed.consts), jaxpr, out_tree
+
+
 def _trace(fn, template):
     """`fn` as an `_Operator` traced on `template`, or None where that fails."""
     try:
-        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(template)
+        _, consts, jaxpr, out_tree = hoist(fn, template)
     except Exception:  # noqa: BLE001 - the verb's own checks report the problem
-        return None
-    if _has_tracer(closed.consts):
         return None
     leaves, in_tree = jax.tree_util.tree_flatten(template)
     in_shapes = tuple(jnp.shape(leaf) for leaf in leaves)
-    out_tree = jax.tree_util.tree_structure(out_shape)
-    structure = _Structure(closed.jaxpr, in_tree, out_tree, in_shapes)
-    return _Operator(list(closed.consts), structure)
+    return _Operator(consts, _Structure(jaxpr, in_tree, out_tree, in_shapes))
 
 
 def reuse_compiled(*, operators: tuple[str, ...], template):
@@ -165,7 +179,7 @@ def reuse_compiled(*, operators: tuple[str, ...], template):
 
         @functools.wraps(verb)
         def wrapper(*args, **kwargs):
-            if not _enabled() or _under_transformation() or _has_tracer((args, kwargs)):
+            if not _enabled() or _under_transformation():
                 return verb(*args, **kwargs)
             try:
                 bound = signature.bind(*args, **kwargs)
@@ -193,7 +207,6 @@ def reuse_compiled(*, operators: tuple[str, ...], template):
                 return verb(*args, **kwargs)
             return program(static)(*bound.args, **bound.kwargs)
 
-        wrapper.__wrapped__ = verb
         wrapper.programs = programs
         return wrapper
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from matfree import _eager
 from matfree import status as _status
 
 
@@ -88,7 +89,9 @@ def minimize(
     seconds of the steps not taken are NaN.
     """
     keys = [None] * num_steps if key is None else jax.random.split(key, num_steps)
-    pure, consts = _hoist(loss, raw, keys[0] if num_steps else None)
+    # The data the loss closes over become arguments, not constants XLA folds
+    # (90-130 s of compilation per Laplace fit at digits size).
+    pure, consts, _, _ = _eager.hoist(loss, raw, keys[0] if num_steps else None)
 
     @jax.jit
     def step(raw, state, key, consts):
@@ -124,26 +127,6 @@ def minimize(
     if bar is not None:
         bar.close()
     return raw, losses, seconds, jnp.int32(code)
-
-
-def _hoist(loss, raw, key):
-    """`loss` as `pure(consts, raw, key)` with the arrays it closes over as arguments.
-
-    A loss closes over its data (a GP's inputs, a network's training set).
-    Compiled as constants, XLA folds them into the program: on a digits-sized
-    Laplace fit that cost 90-130 s of compilation. As arguments they cost
-    nothing to compile.
-    """
-    closed, out_shape = jax.make_jaxpr(loss, return_shape=True)(raw, key)
-    out_tree = jax.tree_util.tree_structure(out_shape)
-    jaxpr = closed.jaxpr
-
-    def pure(consts, raw, key):
-        leaves = jax.tree_util.tree_leaves((raw, key))
-        out = jax.core.eval_jaxpr(jaxpr, consts, *leaves)
-        return jax.tree_util.tree_unflatten(out_tree, out)
-
-    return pure, list(closed.consts)
 
 
 class Progress:
