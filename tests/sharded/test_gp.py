@@ -46,10 +46,9 @@ def test_kernel_matvec_equals_the_unsharded_matvec(data):
     np.testing.assert_allclose(mat, ref(V), rtol=1e-12)
     assert helpers.is_sharded(vec, 0)
     assert helpers.is_sharded(mat, 0)
-    # Each matvec gathers X (n d numbers) and its vector (n or n m), nothing else.
-    assert sorted(helpers.all_gather_shapes(compiled.as_text())) == sorted(
-        [N * D, N, N * D, N * 3]
-    )
+    # Each matvec gathers X (n d numbers; XLA shares it between the two
+    # matvecs) and its vector (n or n m), nothing else.
+    assert sorted(helpers.all_gather_shapes(compiled.as_text())) == [N, N * D, N * 3]
 
 
 def test_log_marginal_likelihood_and_gradient_equal_the_unsharded(data):
@@ -73,7 +72,8 @@ def test_log_marginal_likelihood_and_gradient_equal_the_unsharded(data):
 def test_predict_equals_the_unsharded(data):
     X, y, p = data
     Xs = jnp.array([[0.2, 0.4], [0.7, 0.1]])
-    opts = {"precond_rank": 8, "rows_per_block": 8, "chunk_size": 2}
+    # A tight tolerance: CG's rounding differs between the runs by ~ rtol.
+    opts = {"precond_rank": 0, "rows_per_block": 8, "chunk_size": 2, "rtol": 1e-12}
     one = gp.predict(p, X, y, Xs, **opts)
     sX, sy = helpers.shard(X, P("data", None)), helpers.shard(y)
     four = gp.predict(p, sX, sy, Xs, mesh=helpers.mesh(), **opts)
