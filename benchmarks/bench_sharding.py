@@ -22,19 +22,19 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import pathlib  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import datetime
+import pathlib
+import statistics
+import time
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from _util import machine, peak_bytes  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+from _util import machine, peak_bytes
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from matfree import decomp, gp, operators  # noqa: E402
+from matfree import decomp, gp, operators
 
 jax.config.update("jax_enable_x64", True)
 HERE = pathlib.Path(__file__).resolve().parent
@@ -95,10 +95,20 @@ def lml_memory(n, p, d=3):
 
     def grad(params, X, y):
         return jax.grad(
-            lambda q: gp.log_marginal_likelihood(
-                q, X, y, key=jax.random.PRNGKey(0), num_probes=8, depth=10,
-                precond_rank=20, rows_per_block=256, mesh=mesh, throw=False,
-            ).value
+            lambda q: (
+                gp.log_marginal_likelihood(
+                    q,
+                    X,
+                    y,
+                    key=jax.random.PRNGKey(0),
+                    num_probes=8,
+                    depth=10,
+                    precond_rank=20,
+                    rows_per_block=256,
+                    mesh=mesh,
+                    throw=False,
+                ).value
+            )
         )(params)
 
     return peak_bytes(jax.jit(grad).lower(params, X, y).compile())
@@ -119,7 +129,7 @@ def main():
     base_strong = base_weak = None
     for p in (1, 2, 4):
         t_strong = kernel_run(n_strong, p)
-        n_weak = int(round(n_weak0 * p**0.5 / 64)) * 64
+        n_weak = round(n_weak0 * p**0.5 / 64) * 64
         t_weak = kernel_run(n_weak, p)
         base_strong = base_strong or t_strong
         base_weak = base_weak or t_weak
@@ -130,7 +140,8 @@ def main():
             f"{t_weak:.3f} | {base_weak / t_weak:.2f} | {mib(mem_l)} | {mib(mem_g)} |"
         )
         print(rows[-1], flush=True)
-    text = f"""## Sharded operators on a host mesh (`benchmarks/bench_sharding.py`)
+    text = (
+        f"""## Sharded operators on a host mesh (`benchmarks/bench_sharding.py`)
 
 Machine: {machine()}; 1-min load average {load:.1f} at the start. Run on {start}.
 **A functional check, not a speed-up measurement**: the 4 devices are XLA host
@@ -145,7 +156,10 @@ operator (`n = {n_mem}`) and of the gradient of `gp.log_marginal_likelihood(mesh
 
 | devices | strong [s] | strong speed-up | weak n | weak [s] | weak efficiency | Lanczos memory / device | LML-gradient memory / device |
 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-""" + "\n".join(rows) + "\n"
+"""
+        + "\n".join(rows)
+        + "\n"
+    )
     name = "sharding_quick.md" if args.quick else "sharding.md"
     (HERE / "results" / name).write_text(text)
     print(text)

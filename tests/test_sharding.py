@@ -33,8 +33,9 @@ def test_the_sharded_tests_pass_on_a_four_device_host_mesh():
 
 def test_mesh_must_be_a_mesh():
     X = jax.numpy.ones((4, 1))
-    with pytest.raises(TypeError, match="`mesh` must be a jax.sharding.Mesh"):
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
         operators.kernel_matvec(X, mesh="data")
-    with pytest.raises(TypeError, match="`mesh` must be a jax.sharding.Mesh"):
-        gp.predict({"lengthscale": 1.0, "variance": 1.0, "noise": 0.1}, X, X[:, 0], X,
-                   mesh=4)
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
+        gp.predict(
+            {"lengthscale": 1.0, "variance": 1.0, "noise": 0.1}, X, X[:, 0], X, mesh=4
+        )

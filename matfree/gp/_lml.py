@@ -260,9 +260,7 @@ def _dense_lml(params, X, y, kernel):
     return -(a @ a) / 2 - jnp.sum(jnp.log(jnp.diag(L)))
 
 
-def _hutchinson(
-    params, X, y, kernel, blocking, P, rtol, maxiter, key, num_probes, piv
-):
+def _hutchinson(params, X, y, kernel, blocking, P, rtol, maxiter, key, num_probes, piv):
     rows_per_block, mesh = blocking
     n = X.shape[0]
     W = jax.random.rademacher(key, (num_probes, n), dtype=X.dtype)
@@ -270,9 +268,7 @@ def _hutchinson(
     Z, V = (W, W) if P is None else (P.sqrt(W), P.inv_sqrt(W))
     stopped = jax.lax.stop_gradient(params)
     mv_stop = matmat_operator(
-        kernel_operator(
-            stopped, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh
-        )
+        kernel_operator(stopped, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     )
     rhs = jnp.concatenate([jax.lax.stop_gradient(y)[None], Z])  # (1 + num_probes, n)
     sol = solvers.solve(
@@ -280,9 +276,7 @@ def _hutchinson(
     )
     S = jax.lax.stop_gradient(sol.value)
     alpha, U = S[0], S[1:]
-    mv = kernel_operator(
-        params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh
-    )
+    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     KM = mv(jnp.concatenate([alpha[None], V]).T).T  # one kernel matmat on columns
     quad = 2 * alpha @ y - alpha @ KM[0]
     tr = jnp.sum(U * KM[1:]) / num_probes
@@ -296,9 +290,7 @@ def _hutchinson(
 
 def _adjoint_quad(params, X, y, kernel, blocking, P, rtol, maxiter):
     rows_per_block, mesh = blocking
-    mv = kernel_operator(
-        params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh
-    )
+    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
     return y @ sol.value, sol
 

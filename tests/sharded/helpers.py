@@ -31,7 +31,8 @@ def mesh():
     return jax.make_mesh((NUM_DEVICES,), ("data",), axis_types=auto)
 
 
-def shard(x, spec=P("data")):
+def shard(x, spec=None):
+    spec = P("data") if spec is None else spec
     return jax.device_put(x, NamedSharding(mesh(), spec))
 
 

@@ -85,5 +85,10 @@ def test_a_mesh_that_does_not_divide_the_rows_is_an_error(data):
     X, y, p = data
     with pytest.raises(ValueError, match="4 devices, which do not divide the 62 rows"):
         gp.log_marginal_likelihood(
-            p, X[:62], y[:62], key=jax.random.PRNGKey(0), mesh=helpers.mesh()
+            p,
+            X[:62],
+            y[:62],
+            key=jax.random.PRNGKey(0),
+            precond_rank=8,
+            mesh=helpers.mesh(),
         )

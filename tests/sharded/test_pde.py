@@ -1,4 +1,4 @@
-"""`matfree.pde.diffusion(k, mesh=)`: the stencil with a halo exchange equals the unsharded one.
+"""`pde.diffusion(k, mesh=)`: the stencil with a halo exchange equals the unsharded one.
 
 The grid's rows are split over 4 host devices; each device exchanges one
 row of `u` and of `k` with each neighbour (`jax.lax.ppermute`).
@@ -53,5 +53,5 @@ def test_the_mesh_must_divide_the_rows():
     k = jnp.ones((10, 4))
     with pytest.raises(ValueError, match="one axis whose size divides the grid's rows"):
         pde.diffusion(k, mesh=helpers.mesh())
-    with pytest.raises(TypeError, match="`mesh` must be a jax.sharding.Mesh"):
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
         pde.diffusion(k, mesh="data")

@@ -76,7 +76,9 @@ def stencil_runs(problem):
 def test_stencil_values_equal_the_single_device_values(stencil_runs):
     single, sharded, _ = stencil_runs
     for name, value in single.items():
-        np.testing.assert_allclose(sharded[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            sharded[name], value, rtol=1e-10, atol=1e-12, err_msg=name
+        )
 
 
 def test_stencil_outputs_stay_sharded(stencil_runs):
