@@ -146,23 +146,9 @@ def kernel_matvec(
     return matvec
 
 
-def check_mesh(mesh, n):
-    """Validate a `mesh=` option: a `jax.sharding.Mesh` whose size divides `n`."""
-    if not isinstance(mesh, jax.sharding.Mesh):
-        msg = f"`mesh` must be a jax.sharding.Mesh (e.g. jax.make_mesh); got {mesh!r}."
-        raise TypeError(msg)
-    if n % mesh.size:
-        msg = (
-            f"`mesh` has {mesh.size} devices, which do not divide the {n} rows; "
-            "pad the data or use a mesh whose size divides the number of rows."
-        )
-        raise ValueError(msg)
-    return mesh
-
-
 def _sharded_kernel_matvec(x, mesh, kernel, lengthscale, variance, noise, rows_per_block):
     n = x.shape[0]
-    check_mesh(mesh, n)
+    _checks.check_mesh(mesh, n)
     axes = tuple(mesh.axis_names)
     local = n // mesh.size
     rows_per_block = min(rows_per_block, local)

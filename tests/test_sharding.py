@@ -32,10 +32,13 @@ def test_the_sharded_tests_pass_on_a_four_device_host_mesh():
 
 
 def test_mesh_must_be_a_mesh():
-    X = jax.numpy.ones((4, 1))
+    X = jax.numpy.linspace(0.0, 1.0, 32)[:, None]
     with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
         operators.kernel_matvec(X, mesh="data")
+    p = {"lengthscale": 1.0, "variance": 1.0, "noise": 0.1}
     with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
-        gp.predict(
-            {"lengthscale": 1.0, "variance": 1.0, "noise": 0.1}, X, X[:, 0], X, mesh=4
+        gp.predict(p, X, X[:, 0], X, precond_rank=0, mesh=4)
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
+        gp.log_marginal_likelihood(
+            p, X, X[:, 0], key=jax.random.PRNGKey(0), precond_rank=0, mesh=4
         )

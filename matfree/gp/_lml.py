@@ -175,7 +175,7 @@ def log_marginal_likelihood(
             if maxiter is None
             else _checks.check_int(maxiter, "maxiter"),
             "rows_per_block": _checks.check_int(rows_per_block, "rows_per_block"),
-            "mesh": None if mesh is None else operators.check_mesh(mesh, n),
+            "mesh": None if mesh is None else _checks.check_mesh(mesh, n),
         }
         result = _iterative(params, X, y, key, **opts)
     return _status.error_if(result, result.status) if throw else result

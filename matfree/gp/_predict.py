@@ -151,7 +151,7 @@ def predict(
             maxiter = min(n, 1000)
         maxiter = _checks.check_int(maxiter, "maxiter")
         if mesh is not None:
-            operators.check_mesh(mesh, n)
+            _checks.check_mesh(mesh, n)
         static = (kernel, bool(variance), precond_rank, maxiter, rows_per_block, chunk_size)
         static += (mesh,)
         rtol = jnp.asarray(rtol, X.dtype)
@@ -290,7 +290,7 @@ def sample_prior(
     depth = _checks.check_depth(depth, n)
     rows_per_block = _checks.check_int(rows_per_block, "rows_per_block")
     if mesh is not None:
-        operators.check_mesh(mesh, n)
+        _checks.check_mesh(mesh, n)
     args = (kernel, num_samples, depth, rows_per_block, mesh)
     result = Samples(*_sample(p, X, key, *args))
     return _status.error_if(result, result.status) if throw else result
