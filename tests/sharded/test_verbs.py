@@ -129,3 +129,22 @@ def test_dense_row_sharded_matrix_gathers_only_the_vector(problem):
     # The matvec gathers the n-vector it multiplies; nothing basis-sized.
     assert gathers
     assert max(gathers) <= N
+
+
+def test_float32_solve_and_lanczos_equal_the_single_device_run(problem):
+    diag, b = (x.astype(jnp.float32) for x in problem)
+
+    def two_verbs(d, b):
+        x = matfree.solve(stencil(d), b, method="cg", rtol=1e-5).value
+        return x, decomp.lanczos(stencil(d), b, depth=DEPTH).basis
+
+    f = jax.jit(two_verbs)
+    sd, sb = helpers.shard(diag), helpers.shard(b)
+    compiled = f.lower(sd, sb).compile()
+    single, sharded = f(diag, b), compiled(sd, sb)
+    for s, v in zip(sharded, single, strict=True):
+        assert s.dtype == jnp.float32
+        np.testing.assert_allclose(s, v, rtol=1e-5, atol=1e-6)
+    assert helpers.is_sharded(sharded[0], 0)
+    assert helpers.is_sharded(sharded[1], 1)
+    assert helpers.all_gather_shapes(compiled.as_text()) == []
