@@ -168,3 +168,17 @@ def check_operator(matvec, v, *, name: str = "v", matvec_name: str = "matvec"):
 def _describe(v) -> str:
     shapes = [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(v)]
     return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+
+
+def check_mesh(mesh, n):
+    """Validate a `mesh=` option: a `jax.sharding.Mesh` whose size divides `n`."""
+    if not isinstance(mesh, jax.sharding.Mesh):
+        msg = f"`mesh` must be a jax.sharding.Mesh (e.g. jax.make_mesh); got {mesh!r}."
+        raise TypeError(msg)
+    if n % mesh.size:
+        msg = (
+            f"`mesh` has {mesh.size} devices, which do not divide the {n} rows; "
+            "pad the data or use a mesh whose size divides the number of rows."
+        )
+        raise ValueError(msg)
+    return mesh

@@ -85,6 +85,7 @@ def kernel_matvec(
     variance=1.0,
     noise=0.0,
     rows_per_block: int = 512,
+    mesh=None,
 ):
     """Return the matvec of `K + noise * I` with `K = kernel_matrix(x, x)`.
 
@@ -92,6 +93,13 @@ def kernel_matvec(
     `rows_per_block` (memory `O(rows_per_block * n)`, also in the backward pass, where
     blocks are recomputed). The matvec accepts a vector `(n,)` or a matrix
     `(n, m)` of right-hand sides, which share the kernel evaluations.
+
+    With a `jax.sharding.Mesh` as `mesh`, the rows are split over all the
+    mesh's devices (`n` must be divisible by their number) and each device
+    computes its rows in blocks of `rows_per_block` (`jax.shard_map`): one
+    matvec all-gathers the vector and the inputs `x` (`n (d + m)` numbers)
+    and returns the product sharded by rows like the vector
+    (`docs/sharding.md`). The result equals the unsharded matvec to rounding.
 
     Examples
     --------
@@ -111,7 +119,12 @@ def kernel_matvec(
         msg = f"`x` must have shape (n, d); got shape {x.shape}."
         raise ValueError(msg)
     n = x.shape[0]
-    rows_per_block = min(_checks.check_int(rows_per_block, "rows_per_block"), n)
+    rows_per_block = _checks.check_int(rows_per_block, "rows_per_block")
+    if mesh is not None:
+        return _sharded_kernel_matvec(
+            x, mesh, kernel, lengthscale, variance, noise, rows_per_block
+        )
+    rows_per_block = min(rows_per_block, n)
     num_blocks = -(-n // rows_per_block)
     pad = num_blocks * rows_per_block - n
     xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(num_blocks, rows_per_block, -1)
@@ -129,5 +142,46 @@ def kernel_matvec(
         out = jax.lax.map(rows, xb)
         out = out.reshape((num_blocks * rows_per_block, *v.shape[1:]))[:n]
         return out + noise * v
+
+    return matvec
+
+
+def _sharded_kernel_matvec(x, mesh, kernel, lengthscale, variance, noise, rows_per_block):
+    n = x.shape[0]
+    _checks.check_mesh(mesh, n)
+    axes = tuple(mesh.axis_names)
+    local = n // mesh.size
+    rows_per_block = min(rows_per_block, local)
+    num_blocks = -(-local // rows_per_block)
+    pad = num_blocks * rows_per_block - local
+    rows_spec = jax.sharding.PartitionSpec(axes)
+    repl = jax.sharding.PartitionSpec()
+
+    def local_matvec(x_local, v_local, lengthscale, variance):
+        # The one collective of a kernel matvec: every device needs all of
+        # `v` (and of `x`) for its rows of `K v`.
+        x_all = jax.lax.all_gather(x_local, axes, tiled=True)
+        v_all = jax.lax.all_gather(v_local, axes, tiled=True)
+        xb = jnp.pad(x_local, ((0, pad), (0, 0))).reshape(num_blocks, rows_per_block, -1)
+
+        @jax.checkpoint
+        def rows(xi):
+            kw = {"kernel": kernel, "lengthscale": lengthscale, "variance": variance}
+            return kernel_matrix(xi, x_all, **kw) @ v_all
+
+        out = jax.lax.map(rows, xb)
+        return out.reshape((num_blocks * rows_per_block, *v_local.shape[1:]))[:local]
+
+    sharded = jax.shard_map(
+        local_matvec,
+        mesh=mesh,
+        in_specs=(rows_spec, rows_spec, repl, repl),
+        out_specs=rows_spec,
+    )
+
+    def matvec(v):
+        ls = jnp.asarray(lengthscale, x.dtype)
+        var = jnp.asarray(variance, x.dtype)
+        return sharded(x, v, ls, var) + noise * v
 
     return matvec

@@ -148,4 +148,20 @@ def error_if(tree, status):
     bad = flat != Status.OK
     code = flat[jnp.argmax(bad)]
     messages = tuple(f"matfree: {m}" for m in MESSAGES)
-    return eqx.branched_error_if(tree, jnp.any(bad), code, messages)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    floats = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
+    others = [x for x, f in zip(leaves, floats, strict=True) if not f]
+    # The error is raised on a scalar `token` (zero, or NaN under
+    # EQX_ON_ERROR=nan) that is added to every floating leaf, not on the leaves
+    # themselves: `equinox` routes its arrays through a host callback placed on
+    # one device, which would replicate a sharded result (and gather it) under a
+    # device mesh (`docs/sharding.md`). Integer leaves (counters, codes) are small
+    # and carry the error directly.
+    token = jnp.zeros((), jnp.result_type(float))
+    token, others = eqx.branched_error_if((token, others), jnp.any(bad), code, messages)
+    others = iter(others)
+    out = [
+        x + token.astype(jnp.result_type(x)) if f else next(others)
+        for x, f in zip(leaves, floats, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -32,6 +32,7 @@ KEYWORD_ONLY = (
     "shift",
     "chunk_size",
     "rows_per_block",
+    "mesh",
 )
 GRADIENTS = ("adjoint", "autodiff", "hutchinson")
 

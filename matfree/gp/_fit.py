@@ -52,7 +52,8 @@ def fit(
     **lml_options
         Passed to `log_marginal_likelihood` (e.g. `kernel=`, `method=`,
         `gradient=`, `num_probes=`, `depth=`, `precond_rank=`, `rtol=`,
-        `rows_per_block=`).
+        `rows_per_block=`, `mesh=`: the sharded kernel matvec,
+        `docs/sharding.md`).
 
     Returns
     -------

@@ -58,6 +58,7 @@ def log_marginal_likelihood(
     rtol=1e-3,
     maxiter: int | None = None,
     rows_per_block: int = 128,
+    mesh=None,
     throw: bool = True,
 ) -> LMLResult:
     r"""Log marginal likelihood `log N(y | 0, K + noise I)` of a GP, and its gradient.
@@ -112,6 +113,12 @@ def log_marginal_likelihood(
     rows_per_block
         Rows of the kernel matrix computed at once inside a matvec (memory
         `O(rows_per_block n)`); results do not depend on it beyond rounding.
+    mesh
+        `None`, or a `jax.sharding.Mesh`: the kernel matvec is split by rows
+        over all its devices (`jax.shard_map`, one all-gather of the vector
+        and of `X` per matvec; `n` must be divisible by the number of
+        devices); shard `X` and `y` over the mesh too (`docs/sharding.md`).
+        The result equals the unsharded one to rounding.
     throw
         Raise if `status` is non-zero (a CG solve that did not converge, a
         failed log-determinant); `False` returns the result with its status.
@@ -168,6 +175,7 @@ def log_marginal_likelihood(
             if maxiter is None
             else _checks.check_int(maxiter, "maxiter"),
             "rows_per_block": _checks.check_int(rows_per_block, "rows_per_block"),
+            "mesh": None if mesh is None else _checks.check_mesh(mesh, n),
         }
         result = _iterative(params, X, y, key, **opts)
     return _status.error_if(result, result.status) if throw else result
@@ -195,13 +203,14 @@ def _iterative(
     rtol,
     maxiter,
     rows_per_block,
+    mesh,
 ) -> LMLResult:
     n = X.shape[0]
     P, piv = None, None
     if rank:
         P, piv = preconditioner(params, X, kernel=kernel, rank=rank)
     key_solve, key_logdet = jax.random.split(key)
-    args = (params, X, y, kernel, rows_per_block, P, rtol, maxiter)
+    args = (params, X, y, kernel, (rows_per_block, mesh), P, rtol, maxiter)
     if gradient == "hutchinson":
         quad, trace_term, sol = _hutchinson(*args, key_solve, num_probes, piv)
         ld_params, P_ld = jax.lax.stop_gradient(params), P
@@ -212,7 +221,9 @@ def _iterative(
         # the exact log det P is the control variate of the value *and* the gradient.
         ld_params = params
         P_ld = None if P is None else _differentiable(params, X, piv, kernel)
-    matvec = kernel_operator(ld_params, X, kernel=kernel, rows_per_block=rows_per_block)
+    matvec = kernel_operator(
+        ld_params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh
+    )
     if gradient == "hutchinson":
         matvec = matmat_operator(matvec)
     ld = slq.logdet(
@@ -249,16 +260,15 @@ def _dense_lml(params, X, y, kernel):
     return -(a @ a) / 2 - jnp.sum(jnp.log(jnp.diag(L)))
 
 
-def _hutchinson(
-    params, X, y, kernel, rows_per_block, P, rtol, maxiter, key, num_probes, piv
-):
+def _hutchinson(params, X, y, kernel, blocking, P, rtol, maxiter, key, num_probes, piv):
+    rows_per_block, mesh = blocking
     n = X.shape[0]
     W = jax.random.rademacher(key, (num_probes, n), dtype=X.dtype)
     # z = P^{1/2} w ~ N(0, P) (approximately, for Rademacher w); P^{-1} z = P^{-1/2} w.
     Z, V = (W, W) if P is None else (P.sqrt(W), P.inv_sqrt(W))
     stopped = jax.lax.stop_gradient(params)
     mv_stop = matmat_operator(
-        kernel_operator(stopped, X, kernel=kernel, rows_per_block=rows_per_block)
+        kernel_operator(stopped, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     )
     rhs = jnp.concatenate([jax.lax.stop_gradient(y)[None], Z])  # (1 + num_probes, n)
     sol = solvers.solve(
@@ -266,7 +276,7 @@ def _hutchinson(
     )
     S = jax.lax.stop_gradient(sol.value)
     alpha, U = S[0], S[1:]
-    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block)
+    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     KM = mv(jnp.concatenate([alpha[None], V]).T).T  # one kernel matmat on columns
     quad = 2 * alpha @ y - alpha @ KM[0]
     tr = jnp.sum(U * KM[1:]) / num_probes
@@ -278,8 +288,9 @@ def _hutchinson(
     return quad, tr - jax.lax.stop_gradient(tr), sol
 
 
-def _adjoint_quad(params, X, y, kernel, rows_per_block, P, rtol, maxiter):
-    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block)
+def _adjoint_quad(params, X, y, kernel, blocking, P, rtol, maxiter):
+    rows_per_block, mesh = blocking
+    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
     return y @ sol.value, sol
 

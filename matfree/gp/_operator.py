@@ -11,8 +11,11 @@ import jax.numpy as jnp
 from matfree import operators, precond
 
 
-def kernel_operator(params, X, *, kernel, rows_per_block):
-    """The matvec of `K + noise I`, computed in row blocks (accepts `(n,)` or `(n, m)`)."""
+def kernel_operator(params, X, *, kernel, rows_per_block, mesh=None):
+    """The matvec of `K + noise I`, computed in row blocks (accepts `(n,)` or `(n, m)`).
+
+    With a `mesh`, rows are sharded over its devices (`operators.kernel_matvec`).
+    """
     return operators.kernel_matvec(
         X,
         kernel=kernel,
@@ -20,6 +23,7 @@ def kernel_operator(params, X, *, kernel, rows_per_block):
         variance=params["variance"],
         noise=params["noise"],
         rows_per_block=rows_per_block,
+        mesh=mesh,
     )
 
 

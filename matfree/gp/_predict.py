@@ -64,6 +64,7 @@ def predict(
     maxiter: int | None = None,
     rows_per_block: int = 128,
     chunk_size: int = 128,
+    mesh=None,
     throw: bool = True,
 ) -> Prediction:
     r"""Predictive mean and variance of the latent function at `X_new`.
@@ -92,8 +93,9 @@ def predict(
         `"iterative"` or `"cholesky"` (dense reference).
     variance
         Also compute the variances (else the result's `variance` is `None`).
-    precond_rank, rtol, maxiter, rows_per_block
-        As in `log_marginal_likelihood` (here `rtol` defaults to `1e-6`).
+    precond_rank, rtol, maxiter, rows_per_block, mesh
+        As in `log_marginal_likelihood` (here `rtol` defaults to `1e-6`;
+        with a `mesh`, the training solves use the sharded kernel matvec).
     chunk_size
         Test points per batched variance solve (processed in sequential
         chunks; the result does not depend on it).
@@ -148,7 +150,10 @@ def predict(
         if maxiter is None:
             maxiter = min(n, 1000)
         maxiter = _checks.check_int(maxiter, "maxiter")
+        if mesh is not None:
+            _checks.check_mesh(mesh, n)
         static = (kernel, bool(variance), precond_rank, maxiter, rows_per_block, chunk_size)
+        static += (mesh,)
         rtol = jnp.asarray(rtol, X.dtype)
         mean, var, status = _predict_iterative(p, X, y, X_new, rtol, *static)
         var = var if variance else None
@@ -169,7 +174,7 @@ def _predict_cholesky(p, X, y, X_new, kernel, variance):
     return mean, p["variance"] - jnp.sum(A * A, axis=0)
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(5, 11)))
+@functools.partial(jax.jit, static_argnums=tuple(range(5, 12)))
 def _predict_iterative(
     p,
     X,
@@ -182,6 +187,7 @@ def _predict_iterative(
     maxiter,
     rows_per_block,
     chunk_size,
+    mesh,
 ):
     d = X.shape[1]
     kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
@@ -189,7 +195,7 @@ def _predict_iterative(
     def cross(rows):  # k(rows, X), shape (len(rows), n)
         return operators.kernel_matrix(rows, X, **kw)
 
-    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block)
+    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     P = preconditioner(p, X, kernel=kernel, rank=precond_rank)[0] if precond_rank else None
     opts = {"precond": P, "rtol": rtol, "maxiter": maxiter, "throw": False}
     sol = solvers.solve(mv, y, **opts)
@@ -226,6 +232,7 @@ def sample_prior(
     num_samples: int | None = None,
     depth: int = 100,
     rows_per_block: int = 128,
+    mesh=None,
     throw: bool = True,
 ) -> Samples:
     r"""Sample noisy observations `y ~ N(0, K + noise I)` at `X`, matrix-free.
@@ -253,6 +260,12 @@ def sample_prior(
         Lanczos depth (static, at most `n`).
     rows_per_block
         Rows of the kernel matrix computed at once inside a matvec.
+    mesh
+        `None`, or a `jax.sharding.Mesh`: the kernel matvec is split by rows
+        over all its devices (`jax.shard_map`, one all-gather of the vector
+        and of `X` per matvec; `n` must be divisible by the number of
+        devices); shard `X` and `y` over the mesh too (`docs/sharding.md`).
+        The result equals the unsharded one to rounding.
     throw
         Raise if `status` is non-zero; `False` returns it in the result.
 
@@ -276,14 +289,17 @@ def sample_prior(
     p = _params.check_params(params, d, X.dtype)
     depth = _checks.check_depth(depth, n)
     rows_per_block = _checks.check_int(rows_per_block, "rows_per_block")
-    result = Samples(*_sample(p, X, key, kernel, num_samples, depth, rows_per_block))
+    if mesh is not None:
+        _checks.check_mesh(mesh, n)
+    args = (kernel, num_samples, depth, rows_per_block, mesh)
+    result = Samples(*_sample(p, X, key, *args))
     return _status.error_if(result, result.status) if throw else result
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _sample(p, X, key, kernel, num_samples, depth, rows_per_block):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _sample(p, X, key, kernel, num_samples, depth, rows_per_block, mesh):
     n = X.shape[0]
-    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block)
+    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
     shape = (n,) if num_samples is None else (num_samples, n)
     Z = jax.random.normal(key, shape, X.dtype)
 

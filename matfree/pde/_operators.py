@@ -80,7 +80,7 @@ def _check_vector(u, shape):
         raise ValueError(msg)
 
 
-def diffusion(k):
+def diffusion(k, *, mesh=None):
     r"""Return the matvec `u -> div(k grad u)` on the unit square, zero Dirichlet.
 
     The conservative 5-point (two-point flux finite-volume) discretisation
@@ -101,6 +101,13 @@ def diffusion(k):
         Positive coefficient field, shape `(ny, nx)`, one value per interior
         node. A concrete `k` with a non-positive entry raises `ValueError`; a
         traced one is checked by `solve` at run time.
+    mesh
+        `None`, or a one-axis `jax.sharding.Mesh`: the grid's rows (first
+        axis) are split over its devices (`ny` divisible by their number) and
+        each device applies the stencil to its rows after a halo exchange
+        with its two neighbours (`jax.lax.ppermute` of one row of `u` and of
+        `k` each way; `docs/sharding.md`). Shard `u` and `k` by rows,
+        `PartitionSpec(axis, None)`. Equals the unsharded matvec to rounding.
 
     Returns
     -------
@@ -120,6 +127,8 @@ def diffusion(k):
     check_positive(k)
     shape = k.shape
     hy, hx = spacing(shape)
+    if mesh is not None:
+        return _sharded_diffusion(k, mesh, hy, hx)
     kx, ky = face_coefficients(k)
 
     def matvec(u):
@@ -129,6 +138,56 @@ def diffusion(k):
         fx = kx * (ux[:, 1:] - ux[:, :-1])  # fluxes through x-faces, times h_x
         fy = ky * (uy[1:, :] - uy[:-1, :])
         return (fx[:, 1:] - fx[:, :-1]) / hx**2 + (fy[1:, :] - fy[:-1, :]) / hy**2
+
+    return matvec
+
+
+def _check_mesh(mesh, ny):
+    if not isinstance(mesh, jax.sharding.Mesh):
+        msg = f"`mesh` must be a jax.sharding.Mesh (e.g. jax.make_mesh); got {mesh!r}."
+        raise TypeError(msg)
+    if len(mesh.axis_names) != 1 or ny % mesh.size:
+        msg = (
+            "`mesh` must have one axis whose size divides the grid's rows; got axes "
+            f"{mesh.axis_names} of sizes {tuple(mesh.shape.values())} for {ny} rows."
+        )
+        raise ValueError(msg)
+    return mesh.axis_names[0]
+
+
+def _sharded_diffusion(k, mesh, hy, hx):
+    shape = k.shape
+    axis = _check_mesh(mesh, shape[0])
+    p = mesh.size
+    down = [(j, j + 1) for j in range(p - 1)]  # row block j -> j + 1
+    up = [(j + 1, j) for j in range(p - 1)]
+    rows = jax.sharding.PartitionSpec(axis, None)
+
+    def local(k, u):
+        i = jax.lax.axis_index(axis)
+        # Halo rows: the neighbours' boundary rows (zero where there is none).
+        u_top = jax.lax.ppermute(u[-1:], axis, down)
+        u_bottom = jax.lax.ppermute(u[:1], axis, up)
+        k_top = jax.lax.ppermute(k[-1:], axis, down)
+        k_bottom = jax.lax.ppermute(k[:1], axis, up)
+        # On the grid's boundary the face coefficient is the node's own value,
+        # which is the harmonic mean of the node with itself.
+        k_top = jnp.where(i == 0, k[:1], k_top)
+        k_bottom = jnp.where(i == p - 1, k[-1:], k_bottom)
+        kx = face_coefficients(k)[0]
+        k_ext = jnp.concatenate([k_top, k, k_bottom])
+        ky = _harmonic(k_ext[:-1], k_ext[1:])
+        ux = jnp.pad(u, ((0, 0), (1, 1)))
+        uy = jnp.concatenate([u_top, u, u_bottom])
+        fx = kx * (ux[:, 1:] - ux[:, :-1])
+        fy = ky * (uy[1:, :] - uy[:-1, :])
+        return (fx[:, 1:] - fx[:, :-1]) / hx**2 + (fy[1:, :] - fy[:-1, :]) / hy**2
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows), out_specs=rows)
+
+    def matvec(u):
+        _check_vector(u, shape)
+        return sharded(k, u)
 
     return matvec
 
