@@ -198,14 +198,17 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
     runs through the loop.
     """
     if gradient == "adjoint":
+        # The values f closes over (e.g. `p` in `lambda x: x**p`) become
+        # differentiable arguments of the rule.
+        pure, consts = _dense.hoist(f, flat.dtype)
         value, (T, c, _) = _two_sided.lanczos_action(
-            lambda x, s, aux: f(x),
+            lambda x, s, aux: pure(x, s),
             op.fn,
             depth,
             reortho,
             flat,
             op.params,
-            jnp.zeros((), flat.dtype),
+            consts,
         )
     else:
         res, c = _common.decompose(

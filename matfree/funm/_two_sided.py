@@ -37,8 +37,11 @@ from matfree.funm import _common
 def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None, prepare_args=()):
     """Return `(f(A) v, (T, |v|, aux))` with `f(lambda, s, aux)` elementwise.
 
-    `fn(x, *params)` is the flat matvec of a symmetric `A`; `s` is a scalar
-    parameter of `f` (e.g. the time of an exponential), differentiable.
+    `fn(x, *params)` is the flat matvec of a symmetric `A`; `s` is a pytree of
+    parameters of `f` (e.g. the time of an exponential, or the values a user's
+    `f` closes over, hoisted by `_dense.hoist`), differentiable: its cotangent
+    is `ybar^T (d_s f)(A) v` from the Krylov space of `v`. `f` itself must not
+    close over traced values.
     `prepare(prepare_args, T, residual, |v|, s) -> aux` (all arguments without
     gradient) may choose constants for `f` from the decomposition, e.g. a step
     length. `prepare` must not close over traced arrays (under `jax.checkpoint`
@@ -101,10 +104,10 @@ def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     _, vjp = jax.vjp(lambda X, *p: jax.vmap(lambda x: fn(x, *p))(X), Q, *params)
     pbar = list(vjp(G @ Qc)[1:])
 
-    # d/ds ybar^T f(A, s) v, from the Krylov space of v.
-    dfds = jax.vmap(jax.grad(f, argnums=1), in_axes=(0, None, None))(w, s, aux)
-    sbar = jnp.dot(ybar, c * (Q.T @ (S @ (dfds * S[0]))))
-    return vbar, pbar, sbar.astype(jnp.result_type(s)), prepare_args_bar
+    # d/ds ybar^T f(A, s) v = ybar^T (d_s f)(A, s) v, from the Krylov space of v.
+    _, vjp_s = jax.vjp(lambda s: c * (Q.T @ (S @ (f(w, s, aux) * S[0]))), s)
+    (sbar,) = vjp_s(ybar)
+    return vbar, pbar, sbar, prepare_args_bar
 
 
 def zero_cotangents(tree):
