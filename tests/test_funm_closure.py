@@ -61,21 +61,25 @@ def test_gradient_wrt_a_parameter_of_f_matches_dense(symmetric, gradient):
     # ratio <= 1.6 at depths 4 to 20, n = 40); a factor 3 is asserted.
     # Converged (full depth): both to rounding.
     for depth, factor, floor in ((8, 3.0, 0.0), (N, 0.0, 1e-8)):
-        fn = jax.jit(lambda p, s, d=depth: _krylov(p, s, symmetric, d, gradient))
-        value_err = _relative_error(fn(*args), value_ref)
-        g = jax.grad(fn, (0, 1))(*args)
+        fn = jax.value_and_grad(
+            lambda p, s, d=depth: _krylov(p, s, symmetric, d, gradient), (0, 1)
+        )
+        value, g = jax.jit(fn)(*args)
+        value_err = _relative_error(value, value_ref)
         assert _relative_error(g[0], g_ref[0]) <= factor * value_err + floor
         if depth == N:
             assert _relative_error(g[1], g_ref[1]) <= 1e-8
 
 
 def test_parameter_of_f_under_vmap_and_against_finite_differences():
+    @jax.jit
     def loss(p):
         return _krylov(p, 1.0, True, 8, "adjoint")
 
     ps = jnp.array([0.5, 1.0, 1.5])
-    g = jax.vmap(jax.grad(loss))(ps)
-    g_loop = jnp.stack([jax.grad(loss)(p) for p in ps])
+    g = jax.jit(jax.vmap(jax.grad(loss)))(ps)
+    grad = jax.jit(jax.grad(loss))
+    g_loop = jnp.stack([grad(p) for p in ps])
     assert jnp.allclose(g, g_loop, rtol=1e-12)
     check_grads(loss, (0.7,), order=1, modes=("rev",))
 
@@ -83,6 +87,7 @@ def test_parameter_of_f_under_vmap_and_against_finite_differences():
 def test_trace_funm_differentiates_a_parameter_of_f():
     key = jax.random.PRNGKey(5)
 
+    @jax.jit
     def estimate(p):
         return matfree.trace_funm(
             lambda x: x**p, lambda x: A @ x, V, key=key, depth=N, num_probes=2

@@ -47,7 +47,10 @@ def funm_action(
         Scalar function applied elementwise to eigenvalues, e.g. `jnp.log`,
         `jnp.tanh`. With `symmetric=False` it must accept complex arrays and
         satisfy `f(conj(z)) = conj(f(z))` (true for real-analytic `jnp`
-        functions).
+        functions). `f` may close over traced values, e.g.
+        `jax.grad(lambda p: ... funm_action(lambda x: x**p, ...) ...)`: they
+        are differentiated like the operator's parameters (by the Krylov
+        approximation of `(d_p f)(A) v`).
     matvec
         JAX-traceable `v -> A v` of a square operator; symmetric unless
         `symmetric=False`.
