@@ -107,7 +107,10 @@ def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     # d/ds ybar^T f(A, s) v = ybar^T (d_s f)(A, s) v, from the Krylov space of v.
     _, vjp_s = jax.vjp(lambda s: c * (Q.T @ (S @ (f(w, s, aux) * S[0]))), s)
     (sbar,) = vjp_s(ybar)
-    return vbar, pbar, sbar, prepare_args_bar
+    # A NaN cotangent gives NaN (the zero-vector guard of `_lanczos` would
+    # otherwise turn it into a zero gradient).
+    out = nan_where(~jnp.all(jnp.isfinite(ybar)), (vbar, pbar, sbar))
+    return (*out, prepare_args_bar)
 
 
 def zero_cotangents(tree):
@@ -153,7 +156,7 @@ GRADIENT_NOT_CONVERGED = (
     "approximation expm(tau A^T) ybar exceeds 100 times `tol` (without `tol`: 100 "
     "times the value's own estimate, and sqrt(eps)) -- the cotangent has more weight "
     "on the stiff part of the spectrum than the value. Raise `num_substeps` or "
-    "`depth`, or pass `throw=False` to accept the gradient as it is."
+    "`depth`. (With `throw=False` such a gradient is NaN.)"
 )
 
 # The gradient may trail the value by this factor before the backward pass
@@ -174,8 +177,8 @@ def arnoldi_exp(fn, depth, prepare, w, params, t, tol, prepare_args=(), *, throw
     `expm(tau A^T) ybar`, relative to `|ybar|`) is checked per substep against
     `GRADIENT_FACTOR * tol * fraction` (the value's own criterion, loosened
     by the factor), or without `tol` (`None`) against
-    `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure raises
-    `GRADIENT_NOT_CONVERGED`.
+    `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure makes the
+    cotangents NaN and, with `throw`, raises `GRADIENT_NOT_CONVERGED`.
     """
     if tol is None:
         tol = -1.0  # marks "no tolerance": compare with the value's estimate
@@ -240,8 +243,8 @@ def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
     P, G, s, cbar = _arnoldi(_transposed(fn, params, ybar), ybar, depth)
     vbar = cbar * (P.T @ _expm_e1(tau * G))
     adjoint_estimate = safe_norm(s) * tau * jnp.abs(phi1_last(tau * G))
+    bad = (cbar > 0) & ~(adjoint_estimate <= limit)
     if throw:
-        bad = (cbar > 0) & ~(adjoint_estimate <= limit)
         vbar = eqx.error_if(vbar, bad, GRADIENT_NOT_CONVERGED)
 
     # The time integral: (1, 2) block of the block-triangular exponential.
@@ -253,7 +256,23 @@ def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
 
     dy = c * (Q.T @ (H @ u) + r * u[-1])
     tbar = fraction * jnp.dot(ybar, dy)
-    return (vbar, pbar, tbar.astype(jnp.result_type(t)), *zeros)
+    # A gradient that fails its own error check is NaN (with `throw`, it raises);
+    # so is one from a NaN cotangent (a later substep's failure), which the
+    # zero-vector guard of the Arnoldi run would otherwise turn into zero.
+    bad = bad | ~jnp.all(jnp.isfinite(ybar))
+    out = nan_where(bad, (vbar, pbar, tbar.astype(jnp.result_type(t))))
+    return (*out, *zeros)
+
+
+def nan_where(bad, tree):
+    """`tree` with its floating-point leaves set to NaN where `bad` (a scalar)."""
+
+    def one(x):
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            return jnp.where(bad, jnp.nan, x)
+        return x
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 _arnoldi_exp.defvjp(_arnoldi_exp_fwd, _arnoldi_exp_bwd)
