@@ -238,12 +238,22 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
 
 
 def arnoldi_funm(f, op, flat, depth, gradient):
-    """`|v| Q^T f(H) e_1` from Arnoldi and diagonalisation of `H`, and a status."""
-    res, c = _common.decompose(
-        decomp.arnoldi, _matvec(op), flat, depth=depth, gradient=gradient
-    )
-    H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=flat.dtype))
-    value = c * (res.basis.T @ _diag.funm_diag(f, H)[:, 0])
+    """`|v| Q^T f(H) e_1` from Arnoldi and diagonalisation of `H`, and a status.
+
+    With `gradient="adjoint"`, gradients come from the two-sided rule in
+    `_two_sided` (Arnoldi on `A^T` from the cotangent, and the Fréchet
+    derivative across the two Krylov spaces); otherwise autodiff runs through
+    the loop.
+    """
+    if gradient == "adjoint":
+        pure, consts = _dense.hoist(f, _diag.complex_dtype(flat.dtype))
+        value, H, c = _two_sided.arnoldi_funm(pure, op.fn, depth, flat, op.params, consts)
+    else:
+        res, c = _common.decompose(
+            decomp.arnoldi, _matvec(op), flat, depth=depth, gradient=gradient
+        )
+        H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=flat.dtype))
+        value = c * (res.basis.T @ _diag.funm_diag(f, H)[:, 0])
     finite = _common.all_finite(value, H)
     H_safe = jnp.where(finite, H, jnp.eye(depth, dtype=flat.dtype))
     cond = _diag.eigvec_condition(H_safe)

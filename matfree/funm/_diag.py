@@ -81,3 +81,37 @@ def _funm_diag_jvp(f, primals, tangents):
 
 def _with_consts(f, consts, x):
     return f(x, consts)
+
+
+def funm_diag_pure(f, H, consts):
+    """`funm_diag` for `f(x, consts)` whose constants are already hoisted."""
+    return _funm_diag(f, H, consts)
+
+
+def frechet_block(f, G, K):
+    """The (1, 2) block of `f([[G, e_1 e_1^T], [0, K]])` for real square `G`, `K`.
+
+    From the eigendecompositions `G = X M X^{-1}`, `K = Y Theta Y^{-1}`:
+    `X (F o (X^{-1} e_1 e_1^T Y)) Y^{-1}` with `F_ij = f[mu_i, theta_j]`
+    (`f'` at ties), so `G` and `K` may share eigenvalues. `f` takes complex
+    arrays. Returns a real matrix.
+    """
+    mu, X = jnp.linalg.eig(G)
+    theta, Y = jnp.linalg.eig(K)
+    Xinv, Yinv = jnp.linalg.inv(X), jnp.linalg.inv(Y)
+    F = _divided_differences_between_complex(f, mu, theta)
+    inner = F * (Xinv[:, 0][:, None] * Y[0][None, :])
+    return jnp.real(X @ inner @ Yinv).astype(G.dtype)
+
+
+def _divided_differences_between_complex(f, u, w):
+    ui, wj = u[:, None], w[None, :]
+    gap = ui - wj
+    top = jnp.maximum(jnp.max(jnp.abs(u)), jnp.max(jnp.abs(w)))
+    scale = jnp.maximum(top, 1.0)
+    tie = jnp.abs(gap) <= jnp.sqrt(jnp.finfo(u.dtype).eps) * scale
+    safe_gap = jnp.where(tie, 1.0, gap)
+    diff = (f(ui) - f(wj)) / safe_gap
+    mid = jnp.where(tie, (ui + wj) / 2, ui)
+    _, fprime = jax.jvp(f, (mid,), (jnp.ones_like(mid),))
+    return jnp.where(tie, fprime, diff)

@@ -31,7 +31,7 @@ import numpy as np
 
 from matfree import _dense, decomp
 from matfree._flat import safe_norm
-from matfree.funm import _common
+from matfree.funm import _common, _diag
 
 
 def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None, prepare_args=()):
@@ -283,3 +283,83 @@ def phi1_last(K):
     k = K.shape[0]
     M = jnp.zeros((k + 1, k + 1), K.dtype).at[:k, :k].set(K).at[0, k].set(1.0)
     return jax.scipy.linalg.expm(M)[k - 1, k]
+
+
+# ------------------------------------------------------- Arnoldi, general f
+#
+# `y = c Q^T f(H) e_1` from Arnoldi on v, `f(H)` by diagonalisation
+# (`_diag.funm_diag`). For a cotangent `ybar`, as for the exponential above:
+#
+# - `vbar = f(A^T) ybar ~ cbar P^T f(G) e_1`, Arnoldi on `A^T` from `ybar`;
+# - the operator's cotangent is the Fréchet derivative
+#   `Abar = L_f(A^T, ybar v^T)`, the (1, 2) block of
+#   `f([[A^T, ybar v^T], [0, A^T]])`. Inserting both Krylov spaces gives
+#   `Abar ~ c cbar P^T W Q`, `W` the (1, 2) block of `f([[G, e_1 e_1^T], [0, H^T]])`,
+#   computed from the two eigendecompositions, `G = X M X^{-1}`,
+#   `H^T = Y Theta Y^{-1}`: `W = X (F o (X^{-1} e_1 e_1^T Y)) Y^{-1}` with
+#   `F_ij = f[mu_i, theta_j]` (`f'` at ties: at full depth `G` and `H^T` share
+#   their eigenvalues, and the 2k x 2k matrix is defective, so it is not
+#   diagonalised itself);
+# - the values `f` closes over (`consts`): `ybar^T (d f)(A) v` from the
+#   Krylov space of `v`.
+#
+# Exact when both Krylov spaces are invariant; no error estimate (there is
+# none for the value either). An adjoint Hessenberg matrix with an
+# ill-conditioned eigenbasis (as the forward pass reports for `H`) gives a NaN
+# gradient.
+
+
+def arnoldi_funm(f, fn, depth, v, params, consts):
+    """Return `(f(A) v, H, |v|)` with `f(x, consts)` elementwise (complex `x`).
+
+    `fn(x, *params)` is the flat matvec of a general `A`. Gradients w.r.t.
+    `v`, `params` and `consts` come from the two-sided rule above; `H` and
+    `|v|` carry no gradient (diagnostics).
+    """
+    y, H, c = _arnoldi_funm(f, fn, depth, v, params, consts)
+    stop = jax.lax.stop_gradient
+    return y, stop(H), stop(c)
+
+
+def _arnoldi_general(matvec, v, depth):
+    res, c = _common.decompose(decomp.arnoldi, matvec, v, depth=depth, gradient="autodiff")
+    # f may be singular at 0 (sqrt): a zero vector's stand-in uses H = I.
+    H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=v.dtype))
+    return res.basis, H, c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _arnoldi_funm(f, fn, depth, v, params, consts):
+    return _arnoldi_funm_fwd(f, fn, depth, v, params, consts)[0]
+
+
+def _arnoldi_funm_fwd(f, fn, depth, v, params, consts):
+    Q, H, c = _arnoldi_general(lambda x: fn(x, *params), v, depth)
+    y = c * (Q.T @ _diag.funm_diag_pure(f, H, consts)[:, 0])
+    return (y, H, c), (Q, H, c, params, consts)
+
+
+def _arnoldi_funm_bwd(f, fn, depth, residuals, cotangents):
+    Q, H, c, params, consts = residuals
+    ybar = cotangents[0]
+
+    # vbar = f(A^T) ybar, by Arnoldi on A^T (a VJP of the matvec).
+    P, G, cbar = _arnoldi_general(_transposed(fn, params, ybar), ybar, depth)
+    vbar = cbar * (P.T @ _diag.funm_diag_pure(f, G, consts)[:, 0])
+
+    # The Fréchet derivative across the two Krylov spaces.
+    W = c * cbar * _diag.frechet_block(lambda x: f(x, consts), G, H.T)
+    _, vjp = jax.vjp(lambda *p: jax.vmap(lambda x: fn(x, *p))(Q), *params)
+    pbar = list(vjp(W.T @ P))
+
+    # The values f closes over, from the Krylov space of v.
+    _, vjp_c = jax.vjp(lambda k: c * (Q.T @ _diag.funm_diag_pure(f, H, k)[:, 0]), consts)
+    (consts_bar,) = vjp_c(ybar)
+
+    cond = _diag.eigvec_condition(G)
+    bad = ~(cond <= 1 / jnp.sqrt(jnp.finfo(G.dtype).eps)) & (cbar > 0)
+    bad = bad | ~jnp.all(jnp.isfinite(ybar))
+    return nan_where(bad, (vbar, pbar, consts_bar))
+
+
+_arnoldi_funm.defvjp(_arnoldi_funm_fwd, _arnoldi_funm_bwd)
