@@ -39,7 +39,12 @@ def funm_action(
     `f(A) v` itself, not its Krylov approximation, and stays accurate when `v`
     is smooth (little weight on much of the spectrum), where differentiating
     the decomposition can be wrong by orders of magnitude even though the
-    value is exact. General path: the adjoint of `matfree.decomp.arnoldi`.
+    value is exact. General path: likewise, Arnoldi on `A^T` from `ybar`
+    (a VJP of the matvec) gives `vbar = f(A^T) ybar`, and the operator's
+    cotangent is the Fréchet derivative of `f` across the two Krylov spaces
+    (divided differences of `f` between the two sets of Ritz values); an
+    adjoint Hessenberg matrix with an ill-conditioned eigenbasis gives a NaN
+    gradient.
 
     Parameters
     ----------
@@ -116,7 +121,8 @@ def funm_action(
         num_matvecs = depth + 2
     else:
         check_complex_ok(f)
-        value, status = arnoldi_funm(f, op, flat, depth, gradient)
+        args = (f, op, flat, depth, gradient)
+        value, status = _adjoint.call(arnoldi_funm, gradient, *args)
         num_matvecs = depth
     result = _result(op.unravel(value), status, num_matvecs)
     return _common.finish(result, throw=throw)
