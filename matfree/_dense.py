@@ -15,13 +15,47 @@ import jax
 import jax.numpy as jnp
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def hoist(f, dtype):
+    """`f` as `(pure, consts)`: `pure(x, consts) == f(x)` elementwise on `dtype` arrays.
+
+    `consts` are the values `f` closes over that may carry a derivative (e.g. a
+    parameter `p` in `lambda x: x**p` under `jax.grad`), hoisted by
+    `jax.closure_convert` from a trace of `f` on a scalar; `pure` applies that
+    trace to every entry of `x`. Custom derivative rules take `pure` as a
+    static argument and `consts` as differentiable ones: a function that closes
+    over a tracer cannot be a static argument (the tracer would escape).
+    Where `f` cannot be traced on a scalar of `dtype`, `f` itself is returned
+    with no constants.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> pure, consts = hoist(jnp.exp, jnp.float64)
+    >>> consts
+    []
+    >>> pure(jnp.zeros(2), consts)
+    Array([1., 1.], dtype=float64)
+    """
+    try:
+        converted, consts = jax.closure_convert(f, jnp.zeros((), dtype))
+    except Exception:  # noqa: BLE001 - f fails on scalars; it may close over nothing
+        return lambda x, _: f(x), []
+
+    def pure(x, consts):
+        x = jnp.asarray(x)
+        out = jax.vmap(lambda xi: converted(xi, *consts))(jnp.ravel(x))
+        return jnp.reshape(out, x.shape)
+
+    return pure, list(consts)
+
+
 def funm_sym(f, T: jax.Array) -> jax.Array:
     """Return `f(T)` for a symmetric matrix `T` (batched over leading axes).
 
     `f` is a scalar function applied elementwise to the eigenvalues, e.g.
     `jnp.log`, `jnp.exp`, `jnp.sqrt`. Its derivative (for `jax.grad`) is taken
     with `jax.grad(f)` and divided differences; repeated eigenvalues are fine.
+    `f` may close over traced values (`lambda x: x**p`): they are differentiated.
 
     Examples
     --------
@@ -30,8 +64,14 @@ def funm_sym(f, T: jax.Array) -> jax.Array:
     >>> jnp.allclose(funm_sym(jnp.exp, T), jax.scipy.linalg.expm(T))
     Array(True, dtype=bool)
     """
+    pure, consts = hoist(f, T.dtype)
+    return _funm_sym(pure, T, consts)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _funm_sym(f, T, consts):
     w, V = jnp.linalg.eigh(T)
-    return (V * f(w)[..., None, :]) @ jnp.swapaxes(V, -1, -2)
+    return (V * f(w, consts)[..., None, :]) @ jnp.swapaxes(V, -1, -2)
 
 
 def divided_differences(f, w: jax.Array) -> jax.Array:
@@ -52,14 +92,13 @@ def divided_differences_between(f, u: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.where(tie, fprime((wi + wj) / 2), diff)
 
 
-@funm_sym.defjvp
+@_funm_sym.defjvp
 def _funm_sym_jvp(f, primals, tangents):
-    (T,), (dT,) = primals, tangents
-    _, out, dout = _funm_sym_and_tangent(f, T, dT)
+    (T, consts), (dT, dconsts) = primals, tangents
+    _, out, dout = _funm_sym_and_tangent(f, T, dT, consts, dconsts)
     return out, dout
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def funm_sym_eigvals(f, T: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Return `f(T)` (as `funm_sym`) and the eigenvalues of `T`, from one `eigh`.
 
@@ -75,22 +114,33 @@ def funm_sym_eigvals(f, T: jax.Array) -> tuple[jax.Array, jax.Array]:
     >>> w
     Array([1., 2.], dtype=float64)
     """
+    pure, consts = hoist(f, T.dtype)
+    return _funm_sym_eigvals(pure, T, consts)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _funm_sym_eigvals(f, T, consts):
     w, V = jnp.linalg.eigh(T)
-    return (V * f(w)[..., None, :]) @ jnp.swapaxes(V, -1, -2), w
+    return (V * f(w, consts)[..., None, :]) @ jnp.swapaxes(V, -1, -2), w
 
 
-@funm_sym_eigvals.defjvp
+@_funm_sym_eigvals.defjvp
 def _funm_sym_eigvals_jvp(f, primals, tangents):
-    (T,), (dT,) = primals, tangents
-    w, out, dout = _funm_sym_and_tangent(f, T, dT)
+    (T, consts), (dT, dconsts) = primals, tangents
+    w, out, dout = _funm_sym_and_tangent(f, T, dT, consts, dconsts)
     return (out, w), (dout, jnp.zeros_like(w))
 
 
-def _funm_sym_and_tangent(f, T, dT):
-    """Eigenvalues of `T`, `f(T)` and its directional derivative along `dT`."""
+def _funm_sym_and_tangent(f, T, dT, consts, dconsts):
+    """Eigenvalues of `T`, `f(T)` and its derivative along `dT` and `dconsts`.
+
+    `f(x, consts)` is elementwise in `x`; the derivative w.r.t. its constants is
+    `V diag(d_consts f(w)) V^T`.
+    """
     w, V = jnp.linalg.eigh(T)
     Vt = jnp.swapaxes(V, -1, -2)
-    out = (V * f(w)[..., None, :]) @ Vt
+    fw, dfw = jax.jvp(lambda c: f(w, c), (consts,), (dconsts,))
+    out = (V * fw[..., None, :]) @ Vt
     dT = (dT + jnp.swapaxes(dT, -1, -2)) / 2
-    inner = divided_differences(f, w) * (Vt @ dT @ V)
-    return w, out, V @ inner @ Vt
+    inner = divided_differences(lambda x: f(x, consts), w) * (Vt @ dT @ V)
+    return w, out, V @ inner @ Vt + (V * dfw[..., None, :]) @ Vt

@@ -154,3 +154,22 @@ def test_forward_mode_through_the_adjoint_names_autodiff(action):
 def test_bad_gradient_keyword():
     with pytest.raises(ValueError, match="`gradient` must be one of"):
         matfree.exp_action(lambda x: A @ x, V, depth=2, gradient="implicit")
+
+
+def test_nan_in_v_is_nonfinite_not_a_zero_vector():
+    # `|v|` of a vector with a NaN was read as 0: value 0 with status OK.
+    v = V.at[2].set(jnp.nan)
+
+    @jax.jit
+    def results(v):
+        kw = {"throw": False, "depth": 3}
+        return [
+            matfree.funm_action(jnp.sqrt, lambda x: A @ x, v, **kw),
+            matfree.funm_action(jnp.exp, lambda x: A @ x, v, symmetric=False, **kw),
+            matfree.exp_action(lambda x: A @ x, v, **kw),
+            matfree.exp_action(lambda x: A @ x, v, symmetric=True, **kw),
+        ]
+
+    for res in results(v):
+        assert res.status == Status.NONFINITE
+        assert bool(jnp.all(jnp.isnan(res.value)))

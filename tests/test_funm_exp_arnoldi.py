@@ -114,14 +114,16 @@ def test_backward_pass_raises_when_the_adjoint_has_not_converged():
 
     Measured: value 6.1e-5, gradients 3.4e-3, 2.5e-3, 4.1e-3, 2.2e-3 (the old
     rule: 1.6e10 for `v`). `throw=True` raises in the backward pass, naming
-    the fix; `throw=False` returns the gradient.
+    the fix; with `throw=False` the gradient that failed its check is NaN
+    (every component: the failure shows without an exception).
     """
     with pytest.raises(RUNTIME_ERRORS, match="the gradient did not converge"):
         krylov("rough", depth=30, num_substeps=4)
     _, g_ref = reference("rough")
-    _, _, g = krylov("rough", depth=30, num_substeps=4, throw=False)
-    for a, b in zip(g, g_ref, strict=True):
-        assert rel(a, b) < 1e-2
+    value, _, g = krylov("rough", depth=30, num_substeps=4, throw=False)
+    assert jnp.all(jnp.isfinite(value))  # the value is unaffected
+    for a in g:
+        assert jnp.all(jnp.isnan(a))
     # Enough substeps: the adjoint converges and nothing is raised.
     _, _, g = krylov("rough", depth=30, num_substeps=16)
     for a, b in zip(g, g_ref, strict=True):

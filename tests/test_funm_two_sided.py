@@ -99,3 +99,18 @@ def test_zero_cotangent_gives_zero_gradient():
 
     g = jax.grad(f, (0, 1))(1.0, jnp.ones(10))
     assert g[0] == 0.0 and jnp.all(g[1] == 0.0)
+
+
+def test_nan_cotangent_gives_nan_gradient():
+    """A NaN cotangent (e.g. from a failed check downstream) is not turned into 0.
+
+    The zero-vector guard of the second Lanczos run saw `|ybar| = NaN` as zero.
+    """
+    A0 = matrices.spd_matrix(jax.random.PRNGKey(1), 10)
+
+    def f(s, v):
+        y = matfree.sqrt_action(lambda x: s * (A0 @ x), v, depth=5).value
+        return jnp.nan * jnp.sum(y)
+
+    g = jax.jit(jax.grad(f, (0, 1)))(1.0, jnp.ones(10))
+    assert jnp.isnan(g[0]) and jnp.all(jnp.isnan(g[1]))

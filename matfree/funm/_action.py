@@ -39,7 +39,12 @@ def funm_action(
     `f(A) v` itself, not its Krylov approximation, and stays accurate when `v`
     is smooth (little weight on much of the spectrum), where differentiating
     the decomposition can be wrong by orders of magnitude even though the
-    value is exact. General path: the adjoint of `matfree.decomp.arnoldi`.
+    value is exact. General path: likewise, Arnoldi on `A^T` from `ybar`
+    (a VJP of the matvec) gives `vbar = f(A^T) ybar`, and the operator's
+    cotangent is the Fréchet derivative of `f` across the two Krylov spaces
+    (divided differences of `f` between the two sets of Ritz values); an
+    adjoint Hessenberg matrix with an ill-conditioned eigenbasis gives a NaN
+    gradient.
 
     Parameters
     ----------
@@ -47,7 +52,10 @@ def funm_action(
         Scalar function applied elementwise to eigenvalues, e.g. `jnp.log`,
         `jnp.tanh`. With `symmetric=False` it must accept complex arrays and
         satisfy `f(conj(z)) = conj(f(z))` (true for real-analytic `jnp`
-        functions).
+        functions). `f` may close over traced values, e.g.
+        `jax.grad(lambda p: ... funm_action(lambda x: x**p, ...) ...)`: they
+        are differentiated like the operator's parameters (by the Krylov
+        approximation of `(d_p f)(A) v`).
     matvec
         JAX-traceable `v -> A v` of a square operator; symmetric unless
         `symmetric=False`.
@@ -113,7 +121,8 @@ def funm_action(
         num_matvecs = depth + 2
     else:
         check_complex_ok(f)
-        value, status = arnoldi_funm(f, op, flat, depth, gradient)
+        args = (f, op, flat, depth, gradient)
+        value, status = _adjoint.call(arnoldi_funm, gradient, *args)
         num_matvecs = depth
     result = _result(op.unravel(value), status, num_matvecs)
     return _common.finish(result, throw=throw)
@@ -198,14 +207,17 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
     runs through the loop.
     """
     if gradient == "adjoint":
+        # The values f closes over (e.g. `p` in `lambda x: x**p`) become
+        # differentiable arguments of the rule.
+        pure, consts = _dense.hoist(f, flat.dtype)
         value, (T, c, _) = _two_sided.lanczos_action(
-            lambda x, s, aux: f(x),
+            lambda x, s, aux: pure(x, s),
             op.fn,
             depth,
             reortho,
             flat,
             op.params,
-            jnp.zeros((), flat.dtype),
+            consts,
         )
     else:
         res, c = _common.decompose(
@@ -232,12 +244,22 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
 
 
 def arnoldi_funm(f, op, flat, depth, gradient):
-    """`|v| Q^T f(H) e_1` from Arnoldi and diagonalisation of `H`, and a status."""
-    res, c = _common.decompose(
-        decomp.arnoldi, _matvec(op), flat, depth=depth, gradient=gradient
-    )
-    H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=flat.dtype))
-    value = c * (res.basis.T @ _diag.funm_diag(f, H)[:, 0])
+    """`|v| Q^T f(H) e_1` from Arnoldi and diagonalisation of `H`, and a status.
+
+    With `gradient="adjoint"`, gradients come from the two-sided rule in
+    `_two_sided` (Arnoldi on `A^T` from the cotangent, and the Fréchet
+    derivative across the two Krylov spaces); otherwise autodiff runs through
+    the loop.
+    """
+    if gradient == "adjoint":
+        pure, consts = _dense.hoist(f, _diag.complex_dtype(flat.dtype))
+        value, H, c = _two_sided.arnoldi_funm(pure, op.fn, depth, flat, op.params, consts)
+    else:
+        res, c = _common.decompose(
+            decomp.arnoldi, _matvec(op), flat, depth=depth, gradient=gradient
+        )
+        H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=flat.dtype))
+        value = c * (res.basis.T @ _diag.funm_diag(f, H)[:, 0])
     finite = _common.all_finite(value, H)
     H_safe = jnp.where(finite, H, jnp.eye(depth, dtype=flat.dtype))
     cond = _diag.eigvec_condition(H_safe)

@@ -70,7 +70,9 @@ def decompose(method, matvec, v, **kwargs):
     the caller multiplies by `|v| = 0`. Use the returned norm, not
     `res.init_norm`.
     """
-    c = safe_norm(v)
+    # A NaN or inf in v is no zero vector: |v| = NaN makes the result NaN
+    # (status NONFINITE); `safe_norm` alone would read it as 0.
+    c = jnp.where(jnp.all(jnp.isfinite(v)), safe_norm(v), jnp.nan)
     e1 = jnp.zeros_like(v).at[0].set(1.0)
     res = method(matvec, jnp.where(c > 0, v, e1), throw=False, **kwargs)
     return res, c

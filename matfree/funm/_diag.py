@@ -21,13 +21,29 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from matfree import _dense
+
+
+def funm_diag(f, H: jax.Array) -> jax.Array:
+    """Return the real matrix `f(H)` of a real square matrix by diagonalisation.
+
+    `f` may close over traced values (`lambda x: x**p`): they are
+    differentiated (`_dense.hoist`).
+    """
+    pure, consts = _dense.hoist(f, complex_dtype(H.dtype))
+    return _funm_diag(pure, H, consts)
+
+
+def complex_dtype(dtype):
+    """The complex dtype of the precision of the real `dtype`."""
+    return (jnp.zeros((), dtype) * 1j).dtype
+
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def funm_diag(f, H: jax.Array) -> jax.Array:
-    """Return the real matrix `f(H)` of a real square matrix by diagonalisation."""
+def _funm_diag(f, H, consts):
     w, V = jnp.linalg.eig(H)
     Vinv = jnp.linalg.inv(V)
-    return jnp.real((V * f(w)[..., None, :]) @ Vinv).astype(H.dtype)
+    return jnp.real((V * f(w, consts)[..., None, :]) @ Vinv).astype(H.dtype)
 
 
 def eigvec_condition(H: jax.Array) -> jax.Array:
@@ -50,11 +66,52 @@ def _divided_differences_complex(f, w):
     return jnp.where(tie, fprime, diff)
 
 
-@funm_diag.defjvp
+@_funm_diag.defjvp
 def _funm_diag_jvp(f, primals, tangents):
-    (H,), (dH,) = primals, tangents
+    (H, consts), (dH, dconsts) = primals, tangents
     w, V = jnp.linalg.eig(H)
     Vinv = jnp.linalg.inv(V)
-    out = jnp.real((V * f(w)[..., None, :]) @ Vinv).astype(H.dtype)
-    inner = _divided_differences_complex(f, w) * (Vinv @ dH.astype(V.dtype) @ V)
+    fw, dfw = jax.jvp(lambda c: f(w, c), (consts,), (dconsts,))
+    out = jnp.real((V * fw[..., None, :]) @ Vinv).astype(H.dtype)
+    fx = functools.partial(_with_consts, f, consts)
+    inner = _divided_differences_complex(fx, w) * (Vinv @ dH.astype(V.dtype) @ V)
+    inner = inner + jnp.eye(w.shape[-1], dtype=w.dtype) * dfw[..., None, :]
     return out, jnp.real(V @ inner @ Vinv).astype(H.dtype)
+
+
+def _with_consts(f, consts, x):
+    return f(x, consts)
+
+
+def funm_diag_pure(f, H, consts):
+    """`funm_diag` for `f(x, consts)` whose constants are already hoisted."""
+    return _funm_diag(f, H, consts)
+
+
+def frechet_block(f, G, K):
+    """The (1, 2) block of `f([[G, e_1 e_1^T], [0, K]])` for real square `G`, `K`.
+
+    From the eigendecompositions `G = X M X^{-1}`, `K = Y Theta Y^{-1}`:
+    `X (F o (X^{-1} e_1 e_1^T Y)) Y^{-1}` with `F_ij = f[mu_i, theta_j]`
+    (`f'` at ties), so `G` and `K` may share eigenvalues. `f` takes complex
+    arrays. Returns a real matrix.
+    """
+    mu, X = jnp.linalg.eig(G)
+    theta, Y = jnp.linalg.eig(K)
+    Xinv, Yinv = jnp.linalg.inv(X), jnp.linalg.inv(Y)
+    F = _divided_differences_between_complex(f, mu, theta)
+    inner = F * (Xinv[:, 0][:, None] * Y[0][None, :])
+    return jnp.real(X @ inner @ Yinv).astype(G.dtype)
+
+
+def _divided_differences_between_complex(f, u, w):
+    ui, wj = u[:, None], w[None, :]
+    gap = ui - wj
+    top = jnp.maximum(jnp.max(jnp.abs(u)), jnp.max(jnp.abs(w)))
+    scale = jnp.maximum(top, 1.0)
+    tie = jnp.abs(gap) <= jnp.sqrt(jnp.finfo(u.dtype).eps) * scale
+    safe_gap = jnp.where(tie, 1.0, gap)
+    diff = (f(ui) - f(wj)) / safe_gap
+    mid = jnp.where(tie, (ui + wj) / 2, ui)
+    _, fprime = jax.jvp(f, (mid,), (jnp.ones_like(mid),))
+    return jnp.where(tie, fprime, diff)

@@ -54,9 +54,10 @@ def exp_action(
     block-triangular exponential of the two Hessenberg matrices and one VJP of
     the matvec over the `depth` basis vectors. The backward pass estimates the
     adjoint's error like the value's (Saad's estimate for `expm(tau A^T) ybar`)
-    and, with `throw=True`, raises if it exceeds 100 times `tol` (without
-    `tol`: 100 times the value's estimate, and `sqrt(eps)`): a cotangent with
-    more weight on the stiff modes than `v` needs more substeps. With several
+    and, if it exceeds 100 times `tol` (without `tol`: 100 times the value's
+    estimate, and `sqrt(eps)`), the gradient is NaN and, with `throw=True`,
+    the backward pass raises: a cotangent with more weight on the stiff modes
+    than `v` needs more substeps. With several
     substeps each substep is checkpointed, so gradient memory is
     `O(n (depth + num_substeps))`, at the price of recomputing each substep's
     forward pass in the backward pass.
@@ -106,9 +107,9 @@ def exp_action(
         If `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, also under `jit`) whichever field of the
         result is read. A traced negative `t` is status `INVALID_INPUT` (the
-        value is then NaN). For `symmetric=False`, it also raises in the
-        backward pass when the gradient's error estimate fails (see above);
-        `throw=False` accepts that gradient.
+        value is then NaN). For `symmetric=False`, a gradient whose own error
+        estimate fails (see above) is NaN, whatever `throw`; with
+        `throw=True` the backward pass also raises.
 
     Returns
     -------
@@ -168,8 +169,9 @@ def run(
     """`exp_action` with separate switches for the forward and backward checks.
 
     `throw_gradient` raises in the backward pass when the adjoint's error
-    estimate fails (non-symmetric path); callers that collect the forward
-    status themselves (`pde.solve`) pass `throw=False, throw_gradient=True`.
+    estimate fails (non-symmetric path; the gradient is NaN either way);
+    callers that collect the forward status themselves (`pde.solve`) pass
+    `throw=False, throw_gradient=True`.
     """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
     flat, op = _flat.flatten(matvec, v)

@@ -31,14 +31,17 @@ import numpy as np
 
 from matfree import _dense, decomp
 from matfree._flat import safe_norm
-from matfree.funm import _common
+from matfree.funm import _common, _diag
 
 
 def lanczos_action(f, fn, depth, reortho, v, params, s, prepare=None, prepare_args=()):
     """Return `(f(A) v, (T, |v|, aux))` with `f(lambda, s, aux)` elementwise.
 
-    `fn(x, *params)` is the flat matvec of a symmetric `A`; `s` is a scalar
-    parameter of `f` (e.g. the time of an exponential), differentiable.
+    `fn(x, *params)` is the flat matvec of a symmetric `A`; `s` is a pytree of
+    parameters of `f` (e.g. the time of an exponential, or the values a user's
+    `f` closes over, hoisted by `_dense.hoist`), differentiable: its cotangent
+    is `ybar^T (d_s f)(A) v` from the Krylov space of `v`. `f` itself must not
+    close over traced values.
     `prepare(prepare_args, T, residual, |v|, s) -> aux` (all arguments without
     gradient) may choose constants for `f` from the decomposition, e.g. a step
     length. `prepare` must not close over traced arrays (under `jax.checkpoint`
@@ -101,10 +104,13 @@ def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     _, vjp = jax.vjp(lambda X, *p: jax.vmap(lambda x: fn(x, *p))(X), Q, *params)
     pbar = list(vjp(G @ Qc)[1:])
 
-    # d/ds ybar^T f(A, s) v, from the Krylov space of v.
-    dfds = jax.vmap(jax.grad(f, argnums=1), in_axes=(0, None, None))(w, s, aux)
-    sbar = jnp.dot(ybar, c * (Q.T @ (S @ (dfds * S[0]))))
-    return vbar, pbar, sbar.astype(jnp.result_type(s)), prepare_args_bar
+    # d/ds ybar^T f(A, s) v = ybar^T (d_s f)(A, s) v, from the Krylov space of v.
+    _, vjp_s = jax.vjp(lambda s: c * (Q.T @ (S @ (f(w, s, aux) * S[0]))), s)
+    (sbar,) = vjp_s(ybar)
+    # A NaN cotangent gives NaN (the zero-vector guard of `_lanczos` would
+    # otherwise turn it into a zero gradient).
+    out = nan_where(~jnp.all(jnp.isfinite(ybar)), (vbar, pbar, sbar))
+    return (*out, prepare_args_bar)
 
 
 def zero_cotangents(tree):
@@ -150,7 +156,7 @@ GRADIENT_NOT_CONVERGED = (
     "approximation expm(tau A^T) ybar exceeds 100 times `tol` (without `tol`: 100 "
     "times the value's own estimate, and sqrt(eps)) -- the cotangent has more weight "
     "on the stiff part of the spectrum than the value. Raise `num_substeps` or "
-    "`depth`, or pass `throw=False` to accept the gradient as it is."
+    "`depth`. (With `throw=False` such a gradient is NaN.)"
 )
 
 # The gradient may trail the value by this factor before the backward pass
@@ -171,8 +177,8 @@ def arnoldi_exp(fn, depth, prepare, w, params, t, tol, prepare_args=(), *, throw
     `expm(tau A^T) ybar`, relative to `|ybar|`) is checked per substep against
     `GRADIENT_FACTOR * tol * fraction` (the value's own criterion, loosened
     by the factor), or without `tol` (`None`) against
-    `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure raises
-    `GRADIENT_NOT_CONVERGED`.
+    `max(GRADIENT_FACTOR * estimate / |w|, sqrt(eps))`; a failure makes the
+    cotangents NaN and, with `throw`, raises `GRADIENT_NOT_CONVERGED`.
     """
     if tol is None:
         tol = -1.0  # marks "no tolerance": compare with the value's estimate
@@ -237,8 +243,8 @@ def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
     P, G, s, cbar = _arnoldi(_transposed(fn, params, ybar), ybar, depth)
     vbar = cbar * (P.T @ _expm_e1(tau * G))
     adjoint_estimate = safe_norm(s) * tau * jnp.abs(phi1_last(tau * G))
+    bad = (cbar > 0) & ~(adjoint_estimate <= limit)
     if throw:
-        bad = (cbar > 0) & ~(adjoint_estimate <= limit)
         vbar = eqx.error_if(vbar, bad, GRADIENT_NOT_CONVERGED)
 
     # The time integral: (1, 2) block of the block-triangular exponential.
@@ -250,7 +256,23 @@ def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
 
     dy = c * (Q.T @ (H @ u) + r * u[-1])
     tbar = fraction * jnp.dot(ybar, dy)
-    return (vbar, pbar, tbar.astype(jnp.result_type(t)), *zeros)
+    # A gradient that fails its own error check is NaN (with `throw`, it raises);
+    # so is one from a NaN cotangent (a later substep's failure), which the
+    # zero-vector guard of the Arnoldi run would otherwise turn into zero.
+    bad = bad | ~jnp.all(jnp.isfinite(ybar))
+    out = nan_where(bad, (vbar, pbar, tbar.astype(jnp.result_type(t))))
+    return (*out, *zeros)
+
+
+def nan_where(bad, tree):
+    """`tree` with its floating-point leaves set to NaN where `bad` (a scalar)."""
+
+    def one(x):
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            return jnp.where(bad, jnp.nan, x)
+        return x
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 _arnoldi_exp.defvjp(_arnoldi_exp_fwd, _arnoldi_exp_bwd)
@@ -261,3 +283,83 @@ def phi1_last(K):
     k = K.shape[0]
     M = jnp.zeros((k + 1, k + 1), K.dtype).at[:k, :k].set(K).at[0, k].set(1.0)
     return jax.scipy.linalg.expm(M)[k - 1, k]
+
+
+# ------------------------------------------------------- Arnoldi, general f
+#
+# `y = c Q^T f(H) e_1` from Arnoldi on v, `f(H)` by diagonalisation
+# (`_diag.funm_diag`). For a cotangent `ybar`, as for the exponential above:
+#
+# - `vbar = f(A^T) ybar ~ cbar P^T f(G) e_1`, Arnoldi on `A^T` from `ybar`;
+# - the operator's cotangent is the Fréchet derivative
+#   `Abar = L_f(A^T, ybar v^T)`, the (1, 2) block of
+#   `f([[A^T, ybar v^T], [0, A^T]])`. Inserting both Krylov spaces gives
+#   `Abar ~ c cbar P^T W Q`, `W` the (1, 2) block of `f([[G, e_1 e_1^T], [0, H^T]])`,
+#   computed from the two eigendecompositions, `G = X M X^{-1}`,
+#   `H^T = Y Theta Y^{-1}`: `W = X (F o (X^{-1} e_1 e_1^T Y)) Y^{-1}` with
+#   `F_ij = f[mu_i, theta_j]` (`f'` at ties: at full depth `G` and `H^T` share
+#   their eigenvalues, and the 2k x 2k matrix is defective, so it is not
+#   diagonalised itself);
+# - the values `f` closes over (`consts`): `ybar^T (d f)(A) v` from the
+#   Krylov space of `v`.
+#
+# Exact when both Krylov spaces are invariant; no error estimate (there is
+# none for the value either). An adjoint Hessenberg matrix with an
+# ill-conditioned eigenbasis (as the forward pass reports for `H`) gives a NaN
+# gradient.
+
+
+def arnoldi_funm(f, fn, depth, v, params, consts):
+    """Return `(f(A) v, H, |v|)` with `f(x, consts)` elementwise (complex `x`).
+
+    `fn(x, *params)` is the flat matvec of a general `A`. Gradients w.r.t.
+    `v`, `params` and `consts` come from the two-sided rule above; `H` and
+    `|v|` carry no gradient (diagnostics).
+    """
+    y, H, c = _arnoldi_funm(f, fn, depth, v, params, consts)
+    stop = jax.lax.stop_gradient
+    return y, stop(H), stop(c)
+
+
+def _arnoldi_general(matvec, v, depth):
+    res, c = _common.decompose(decomp.arnoldi, matvec, v, depth=depth, gradient="autodiff")
+    # f may be singular at 0 (sqrt): a zero vector's stand-in uses H = I.
+    H = jnp.where(c > 0, res.hessenberg, jnp.eye(depth, dtype=v.dtype))
+    return res.basis, H, c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _arnoldi_funm(f, fn, depth, v, params, consts):
+    return _arnoldi_funm_fwd(f, fn, depth, v, params, consts)[0]
+
+
+def _arnoldi_funm_fwd(f, fn, depth, v, params, consts):
+    Q, H, c = _arnoldi_general(lambda x: fn(x, *params), v, depth)
+    y = c * (Q.T @ _diag.funm_diag_pure(f, H, consts)[:, 0])
+    return (y, H, c), (Q, H, c, params, consts)
+
+
+def _arnoldi_funm_bwd(f, fn, depth, residuals, cotangents):
+    Q, H, c, params, consts = residuals
+    ybar = cotangents[0]
+
+    # vbar = f(A^T) ybar, by Arnoldi on A^T (a VJP of the matvec).
+    P, G, cbar = _arnoldi_general(_transposed(fn, params, ybar), ybar, depth)
+    vbar = cbar * (P.T @ _diag.funm_diag_pure(f, G, consts)[:, 0])
+
+    # The Fréchet derivative across the two Krylov spaces.
+    W = c * cbar * _diag.frechet_block(lambda x: f(x, consts), G, H.T)
+    _, vjp = jax.vjp(lambda *p: jax.vmap(lambda x: fn(x, *p))(Q), *params)
+    pbar = list(vjp(W.T @ P))
+
+    # The values f closes over, from the Krylov space of v.
+    _, vjp_c = jax.vjp(lambda k: c * (Q.T @ _diag.funm_diag_pure(f, H, k)[:, 0]), consts)
+    (consts_bar,) = vjp_c(ybar)
+
+    cond = _diag.eigvec_condition(G)
+    bad = ~(cond <= 1 / jnp.sqrt(jnp.finfo(G.dtype).eps)) & (cbar > 0)
+    bad = bad | ~jnp.all(jnp.isfinite(ybar))
+    return nan_where(bad, (vbar, pbar, consts_bar))
+
+
+_arnoldi_funm.defvjp(_arnoldi_funm_fwd, _arnoldi_funm_bwd)

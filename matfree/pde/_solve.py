@@ -72,8 +72,9 @@ def solve(
         If `True` (default), a non-zero `status` (a non-positive traced `k`,
         or a failed `exp_action`) raises via `matfree.status.error_if`, also
         under `jit`, whichever field is read; with a non-symmetric operator
-        the backward pass also raises when the gradient's error estimate
-        fails (see `matfree.exp_action`).
+        a gradient whose own error estimate fails is NaN (whatever `throw`)
+        and, with `throw=True`, the backward pass raises (see
+        `matfree.exp_action`).
 
     Returns
     -------
