@@ -53,13 +53,15 @@ def exp_action(
     `int_0^tau expm((tau-s) A^T) ybar (expm(s A) v)^T ds`, comes from the
     block-triangular exponential of the two Hessenberg matrices and one VJP of
     the matvec over the `depth` basis vectors. The backward pass estimates the
-    adjoint's error like the value's (Saad's estimate for `expm(tau A^T) ybar`)
-    and, with `throw=True`, raises if it exceeds 100 times `tol` (without
-    `tol`: 100 times the value's estimate, and `sqrt(eps)`): a cotangent with
-    more weight on the stiff modes than `v` needs more substeps. With several
-    substeps each substep is checkpointed, so gradient memory is
+    adjoint's error like the value's (Saad's estimate for `expm(tau A^T) ybar`);
+    where it exceeds 100 times `tol` (without `tol`: 100 times the value's
+    estimate, and `sqrt(eps)`) -- a cotangent with more weight on the stiff
+    modes than `v` -- the adjoint of that substep is recomputed over four
+    pieces, and with `throw=True` it raises if that fails too. With several
+    uniform substeps each substep is checkpointed, so gradient memory is
     `O(n (depth + num_substeps))`, at the price of recomputing each substep's
-    forward pass in the backward pass.
+    forward pass in the backward pass; the adaptive loop (`tol`) keeps
+    `O(sqrt(num_substeps))` checkpoints (`equinox`'s checkpointed while loop).
 
     Parameters
     ----------
@@ -75,26 +77,37 @@ def exp_action(
         Use Lanczos (cheaper) for a symmetric operator; a two-matvec check
         reports generic non-symmetry as status `NOT_SYMMETRIC`.
     num_substeps
-        Static int `s >= 1`. Without `tol`: `[0, t]` is split into `s` equal
-        substeps. With `tol`: the maximum number of adaptive substeps. Pick it
-        from an estimate of `|A|` (e.g. Gershgorin, or the largest Ritz value):
-        for a symmetric operator with spectrum of width `|A|`, a substep of
-        length `tau` reaches relative error `delta` at depth `k` if
+        Static int `s >= 1` or `None` (default). Without `tol`: `[0, t]` is
+        split into `s` equal substeps (`None`: one). Pick `s` from an estimate
+        of `|A|` (e.g. Gershgorin, or the largest Ritz value): for a symmetric
+        operator with spectrum of width `|A|`, a substep of length `tau`
+        reaches relative error `delta` at depth `k` if
         `tau |A| <= 4 k^2 / (5 log(10 / delta))` (Hochbruck–Lubich bound), so
         `s = ceil(t |A| 5 log(10 / delta) / (4 k^2))` suffices; e.g. depth 40,
         `delta = 1e-10`: `s = ceil(t |A| / 50)`. For non-normal operators take
-        more.
+        more. With `tol`: the *maximum* number of adaptive substeps, a bound
+        on the work under `jit` (`None`: 1000); the steps themselves are
+        chosen by `tol`. If the bound is hit, the last substep covers what
+        remains and the status is `NOT_CONVERGED` (raise `num_substeps`).
     tol
-        `None` (default) or a relative tolerance (scalar, may be traced). With
-        `tol`, each substep takes the longest step among
-        `remaining * 2^{-j/2}`, `j = 0..15`, whose estimate is below
-        `tol |v| tau / t`, and the iteration stops once `t` is reached, so
-        fewer than `num_substeps` substeps may run (under `vmap` all
-        `num_substeps` are computed and masked). The last allowed substep
-        covers whatever time remains; if the summed estimate then exceeds
-        `tol |v|`, status `NOT_CONVERGED` is reported. The step sizes are treated as
-        constants for differentiation, so the result is differentiable.
-        The estimate controls the value; the backward pass checks the
+        `None` (default) or a relative tolerance (scalar, may be traced):
+        the substeps are then chosen automatically, with no estimate of
+        `|A|` needed. Each substep, from the state `w`, is the longest of a
+        ladder of halvings `remaining * 2^{-j}` (`j < 48`, so a first step may
+        be far shorter than `t`), refined by eight equally spaced lengths
+        between the accepted rung and the next longer one, whose error
+        estimate, relative to `min(|w|, |expm(tau A) w|)`, is below
+        `tol * tau / t / 10` (a safety factor of 10, since the estimate is
+        the leading term only); the steps are then balanced so that no short
+        last step remains. The iteration stops once `t` is reached (a while
+        loop: under `vmap` it runs until every member is done). The
+        estimates of all candidates come from the one Krylov decomposition
+        per substep (by the eigendecomposition of the tridiagonal matrix, or
+        for Arnoldi by squaring one augmented exponential), so rejected
+        candidates cost no matvecs. If the summed relative estimate exceeds
+        `tol`, status `NOT_CONVERGED` is reported. The step sizes are treated
+        as constants for differentiation, so the result is differentiable;
+        the estimate controls the value, and the backward pass checks the
         gradient's own estimate against `100 * tol` (see `throw`).
     reortho
         Full re-orthogonalisation in Lanczos (Arnoldi always does it).
@@ -113,9 +126,11 @@ def exp_action(
     Returns
     -------
     FunmResult
-        `value` is `expm(t A) v`, like `v`; `error_estimate` the summed
-        relative error estimate, `num_substeps` the substeps taken,
-        `num_matvecs` the operator applications.
+        `value` is `expm(t A) v`, like `v`; `error_estimate` the sum over
+        substeps of the relative error estimates (each relative to the
+        smaller of the state's norms at the start and end of its substep),
+        `num_substeps` the substeps taken, `num_matvecs` the operator
+        applications.
 
     Examples
     --------
@@ -127,6 +142,17 @@ def exp_action(
     >>> ev = matfree.exp_action(lambda x: A @ x, v, t=0.5, depth=3)
     >>> jnp.allclose(ev.value, jax.scipy.linalg.expm(0.5 * A) @ v)
     Array(True, dtype=bool)
+
+    With a tolerance the substeps are chosen for you; here `t |A| = 300`:
+
+    >>> B = jnp.diag(jnp.linspace(-100.0, 0.0, 50)) + jnp.eye(50, k=1)
+    >>> w = jnp.ones(50)
+    >>> res = matfree.exp_action(lambda x: B @ x, w, t=3.0, depth=10, tol=1e-6)
+    >>> int(res.status), int(res.num_substeps) > 1
+    (0, True)
+    >>> ref = jax.scipy.linalg.expm(3.0 * B) @ w
+    >>> bool(jnp.linalg.norm(res.value - ref) <= 1e-6 * jnp.linalg.norm(ref))
+    True
 
     References
     ----------
