@@ -29,7 +29,7 @@ import numpy as np
 import matfree
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _util import machine  # noqa: E402
+from _util import machine
 
 jax.config.update("jax_enable_x64", True)
 
@@ -58,15 +58,15 @@ def operator(rng):
 def calls():
     b = jnp.ones(N)
     return {
-        "exp_action(depth=10)": lambda A: matfree.exp_action(
-            lambda x: A @ x, b, depth=10
-        ).value,
-        "exp_action(tol=1e-8)": lambda A: matfree.exp_action(
-            lambda x: A @ x, b, depth=10, tol=1e-8, num_substeps=8
-        ).value,
-        "solve(method='cg')": lambda A: matfree.solve(
-            lambda x: -(A @ x), b, method="cg", rtol=1e-10
-        ).value,
+        "exp_action(depth=10)": lambda A: (
+            matfree.exp_action(lambda x: A @ x, b, depth=10).value
+        ),
+        "exp_action(tol=1e-8)": lambda A: (
+            matfree.exp_action(lambda x: A @ x, b, depth=10, tol=1e-8, num_substeps=8).value
+        ),
+        "solve(method='cg')": lambda A: (
+            matfree.solve(lambda x: -(A @ x), b, method="cg", rtol=1e-10).value
+        ),
         "jax.scipy cg (peer)": lambda A: jax.scipy.sparse.linalg.cg(
             lambda x: -(A @ x), b, tol=1e-10
         )[0],
@@ -123,8 +123,7 @@ def main():
         growth = "; ".join(f"{m} / {r:.0f}" for _, m, r in rows)
         env = dict(os.environ, MATFREE_EAGER_CACHE="0")
         out = subprocess.run(
-            [sys.executable, __file__, "--only", name, "--calls"]
-            + [str(args.uncached_calls)],
+            [sys.executable, __file__, "--only", name, "--calls", str(args.uncached_calls)],
             env=env,
             capture_output=True,
             text=True,

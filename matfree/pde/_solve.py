@@ -21,7 +21,7 @@ def solve(
     *,
     depth: int,
     operator: _operators.Operator | None = None,
-    num_substeps: int = 1,
+    num_substeps: int | None = None,
     tol=None,
     gradient: str = "adjoint",
     throw: bool = True,
@@ -61,10 +61,12 @@ def solve(
         A `matfree.pde.Operator`: `Diffusion()` (default) or
         `AdvectionDiffusion(velocity)`.
     num_substeps
-        Static number of equal substeps of `[0, t]` (without `tol`), or the
-        maximum number of adaptive substeps (with `tol`).
+        Static number of equal substeps of `[0, t]` (without `tol`; `None`:
+        one), or the maximum number of adaptive substeps (with `tol`;
+        `None`: 1000).
     tol
-        Optional relative tolerance of `exp_action`'s adaptive substepping.
+        Optional relative tolerance of `exp_action`'s adaptive substepping:
+        the substeps are then chosen automatically.
     gradient
         `"adjoint"` (default): the custom rules of `exp_action` (reverse mode
         only); `"autodiff"` differentiates through the loops (forward mode too).
