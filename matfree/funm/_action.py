@@ -105,7 +105,7 @@ def funm_action(
     """
     check_elementwise(f)
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
-    flat, op = _flat.flatten(matvec, v)
+    flat, op = _flat.flatten(matvec, v, complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     if symmetric:
         args = (f, op, flat, depth, reortho, gradient)
@@ -179,7 +179,7 @@ def sqrt_action(
     'NOT_POSITIVE_DEFINITE'
     """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
-    flat, op = _flat.flatten(matvec, v)
+    flat, op = _flat.flatten(matvec, v, complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     f = jax.lax.rsqrt if inverse else jnp.sqrt
     args = (f, op, flat, depth, reortho, gradient)
@@ -217,7 +217,7 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
             gradient="autodiff",
         )
         # f(T) may be infinite for a zero v's stand-in; f(A) 0 = 0 anyway.
-        T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=flat.dtype))
+        T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=res.diag.dtype))
         value = c * (res.basis.T @ _dense.funm_sym(f, T)[:, 0])
     not_symmetric = _common.symmetry_defect(op, flat) if op.size > 1 else False
     conditions = [

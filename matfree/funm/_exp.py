@@ -66,14 +66,19 @@ def exp_action(
     matvec
         JAX-traceable `v -> A v` of a square operator.
     v
-        Vector, shape `(n,)` or a pytree.
+        Vector, shape `(n,)` or a pytree, of a floating or complex dtype. For
+        the Schrödinger-type `expm(-i t H) v` with Hermitian `H`, pass the
+        matvec of `-1j * H` and a complex `v` (the default Arnoldi path), or
+        use `funm_action(lambda lam: jnp.exp(-1j * t * lam), ...)` with the
+        matvec of `H` (Lanczos). See the docs page "Complex numbers".
     t
-        Time, a scalar `>= 0` (may be traced and differentiated).
+        Time, a real scalar `>= 0` (may be traced and differentiated).
     depth
         Krylov depth per substep, static, `1 <= depth <= n`.
     symmetric
-        Use Lanczos (cheaper) for a symmetric operator; a two-matvec check
-        reports generic non-symmetry as status `NOT_SYMMETRIC`.
+        Use Lanczos (cheaper) for a symmetric (complex: Hermitian) operator; a
+        two-matvec check reports generic non-symmetry as status
+        `NOT_SYMMETRIC`.
     num_substeps
         Static int `s >= 1`. Without `tol`: `[0, t]` is split into `s` equal
         substeps. With `tol`: the maximum number of adaptive substeps. Pick it
@@ -101,7 +106,9 @@ def exp_action(
     gradient
         `"adjoint"` (default): the custom gradient rules above (reverse mode
         only; `jax.jvp` raises). `"autodiff"` differentiates the loops
-        (forward mode too, more memory).
+        (forward mode too, more memory). Complex dtypes: the Arnoldi rule
+        (`symmetric=False`) supports them; with `symmetric=True` the backward
+        pass of `"adjoint"` raises `NotImplementedError` (use `"autodiff"`).
     throw
         If `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, also under `jit`) whichever field of the
@@ -172,12 +179,13 @@ def run(
     status themselves (`pde.solve`) pass `throw=False, throw_gradient=True`.
     """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
-    flat, op = _flat.flatten(matvec, v)
+    flat, op = _flat.flatten(matvec, v, complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     num_substeps = _checks.check_int(num_substeps, "num_substeps")
-    t = _check_time(t, flat.dtype)
+    rdtype = _flat.real_dtype(flat.dtype)  # times and tolerances are real
+    t = _check_time(t, rdtype)
     if tol is not None:
-        tol = _check_tol(tol, flat.dtype)
+        tol = _check_tol(tol, rdtype)
 
     step = _make_step(op, depth, symmetric, reortho, gradient, tol, throw_gradient)
     if tol is None:
@@ -311,7 +319,7 @@ def _uniform(step, w, t, num_substeps):
     fraction = 1.0 / num_substeps
 
     def choose(_):
-        return jnp.asarray(fraction, w.dtype)
+        return jnp.asarray(fraction, _flat.real_dtype(w.dtype))
 
     if num_substeps == 1:
         value, est, _ = step(w, t, choose, ())
@@ -328,7 +336,7 @@ def _uniform(step, w, t, num_substeps):
 
 def _adaptive(step, w, t, tol, num_substeps):
     """Adaptive substeps: the longest candidate step whose estimate meets `tol`."""
-    dtype = w.dtype
+    dtype = _flat.real_dtype(w.dtype)
     ratios = jnp.asarray(_CANDIDATE_RATIO, dtype) ** jnp.arange(
         _NUM_CANDIDATES, dtype=dtype
     )

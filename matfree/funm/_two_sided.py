@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _dense, decomp
+from matfree import _dense, _flat, decomp
 from matfree._flat import safe_norm
 from matfree.funm import _common
 
@@ -64,7 +64,7 @@ def _lanczos(fn, params, v, depth, reortho):
         decomp.lanczos, lambda x: fn(x, *params), v, depth=depth, reortho=reortho
     )
     # f may be infinite on the stand-in's Ritz values; use T = I there.
-    T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=v.dtype))
+    T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=res.diag.dtype))
     return res.basis, T, res.residual, c
 
 
@@ -90,6 +90,13 @@ def _forward(f, prepare, fn, depth, reortho, v, params, s, prepare_args):
 def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     del prepare
     Q, w, S, c, params, s, aux, prepare_args_bar = residuals
+    if jnp.issubdtype(Q.dtype, jnp.complexfloating):
+        msg = (
+            '`gradient="adjoint"` of the symmetric (Lanczos) path of `funm_action`, '
+            "`sqrt_action` and `exp_action(symmetric=True)` supports real dtypes only; "
+            f'got {Q.dtype}. For complex vectors and operators pass `gradient="autodiff"`.'
+        )
+        raise NotImplementedError(msg)
     ybar = cotangents[0]
     Qc, Tc, _, cc = _lanczos(fn, params, ybar, depth, reortho)
     vbar, wc, Sc = _apply(f, s, aux, Qc, Tc, cc)
@@ -139,6 +146,11 @@ _action.defvjp(_forward, _backward)
 #   the `k` rows of `Q` with cotangent rows `c cbar W^T P`;
 # - `d/dtau = ybar^T A y ~ c ybar^T (Q^T H u + r u_k)`, `u = expm(tau H) e_1`.
 #
+# Complex `A` and `v`: JAX's cotangents pair without conjugation, so `A^T` is
+# the plain transpose (the VJP of the matvec) and the formulas hold unchanged;
+# the Arnoldi runs use the conjugating inner product. The cotangent of the real
+# time `tau` is the real part of its pairing.
+#
 # Both Krylov approximations are exact when their spaces are invariant, so the
 # gradient converges as the value and the adjoint value do. The adjoint's own
 # error is estimated like the value's (Saad's estimate for `expm(tau A^T) ybar`).
@@ -176,7 +188,7 @@ def arnoldi_exp(fn, depth, prepare, w, params, t, tol, prepare_args=(), *, throw
     """
     if tol is None:
         tol = -1.0  # marks "no tolerance": compare with the value's estimate
-    tol = jax.lax.stop_gradient(jnp.asarray(tol, w.dtype))
+    tol = jax.lax.stop_gradient(jnp.asarray(tol, _flat.real_dtype(w.dtype)))
     prepare_args = jax.tree_util.tree_map(jax.lax.stop_gradient, prepare_args)
     args = (w, params, t, tol, prepare_args)
     y, est, fraction = _arnoldi_exp(fn, depth, prepare, throw, *args)
@@ -249,7 +261,8 @@ def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
     pbar = list(vjp(W.T @ P))
 
     dy = c * (Q.T @ (H @ u) + r * u[-1])
-    tbar = fraction * jnp.dot(ybar, dy)
+    # JAX's pairing is bilinear (no conjugation); a real `t` gets the real part.
+    tbar = jnp.real(fraction * jnp.sum(ybar * dy))
     return (vbar, pbar, tbar.astype(jnp.result_type(t)), *zeros)
 
 
