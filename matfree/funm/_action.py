@@ -205,7 +205,7 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
             reortho,
             flat,
             op.params,
-            jnp.zeros((), flat.dtype),
+            jnp.zeros((), _flat.real_dtype(flat.dtype)),
         )
     else:
         res, c = _common.decompose(

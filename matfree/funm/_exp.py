@@ -106,9 +106,8 @@ def exp_action(
     gradient
         `"adjoint"` (default): the custom gradient rules above (reverse mode
         only; `jax.jvp` raises). `"autodiff"` differentiates the loops
-        (forward mode too, more memory). Complex dtypes: the Arnoldi rule
-        (`symmetric=False`) supports them; with `symmetric=True` the backward
-        pass of `"adjoint"` raises `NotImplementedError` (use `"autodiff"`).
+        (forward mode too, more memory). Both rules support complex dtypes
+        (JAX's convention for complex cotangents).
     throw
         If `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, also under `jit`) whichever field of the
