@@ -41,6 +41,7 @@ def divided_differences(f, w: jax.Array) -> jax.Array:
 
 def divided_differences_between(f, u: jax.Array, w: jax.Array) -> jax.Array:
     """Matrix `f[u_i, w_j]` of divided differences, `f'` at (near) ties."""
+
     def fprime(x):  # elementwise f' by one JVP; f may be complex-valued
         return jax.jvp(f, (x,), (jnp.ones_like(x),))[1]
 
