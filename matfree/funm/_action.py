@@ -52,7 +52,10 @@ def funm_action(
         JAX-traceable `v -> A v` of a square operator; symmetric unless
         `symmetric=False`.
     v
-        Vector, array of shape `(n,)` or a pytree of arrays.
+        Vector, array of shape `(n,)` or a pytree of arrays, of a floating or
+        complex dtype. For complex `v`, `symmetric=True` means a Hermitian
+        operator, and `f` may be complex-valued on its real eigenvalues (e.g.
+        `lambda lam: jnp.exp(-1j * t * lam)` for `expm(-i t A) v`).
     depth
         Krylov depth `k`, a static int with `1 <= k <= n`. `k = n` is exact (up
         to rounding). For `k << n` the error is governed by how well a

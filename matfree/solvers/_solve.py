@@ -99,8 +99,10 @@ def solve(
         gradients reach them (by implicit differentiation, see `gradient`).
     b
         Right-hand side: an array `(n,)` or a pytree of arrays of one floating
-        dtype. With `batched=True`, every leaf has a leading axis of size
-        `m` (e.g. `b` of shape `(m, n)`): `m` systems solved together.
+        or complex dtype (complex: inner products conjugate, "symmetric" means
+        Hermitian, see the docs page "Complex numbers"). With `batched=True`,
+        every leaf has a leading axis of size `m` (e.g. `b` of shape
+        `(m, n)`): `m` systems solved together.
     method
         `"cg"` (symmetric positive definite), `"minres"` (symmetric,
         possibly indefinite), `"gmres"` (general; restarted GMRES(`restart`)),
@@ -129,8 +131,8 @@ def solve(
         Laplacian, n = 300, needs about 10,000 GMRES(30) iterations), and a
         cycle that makes no progress ends the iteration with `STAGNATED`.
     symmetric
-        Declare whether `A` is symmetric. `False` with `"cg"` or `"minres"`
-        is an error. (Symmetry is not checked numerically.)
+        Declare whether `A` is symmetric (Hermitian for complex `A`). `False`
+        with `"cg"` or `"minres"` is an error. (Symmetry is not checked numerically.)
     restart
         Krylov dimension per cycle of `"gmres"` and `"gcr"`; capped at `n`.
         Memory `O(n restart)` per right-hand side; a larger `restart` makes
