@@ -94,8 +94,18 @@ def check_depth(depth, n: int) -> int:
     return depth
 
 
-def check_floating_vector(v, name: str) -> jnp.dtype:
-    """Check that all leaves of `v` are floating arrays of one dtype; return it."""
+COMPLEX_VERBS = (
+    "`solve`, `decomp.lanczos`, `decomp.arnoldi`, `funm_action`, `sqrt_action` and "
+    "`exp_action`"
+)
+
+
+def check_floating_vector(v, name: str, *, complex_ok: bool = False) -> jnp.dtype:
+    """Check that all leaves of `v` are floating arrays of one dtype; return it.
+
+    With `complex_ok`, complex dtypes (complex64, complex128) are accepted
+    too (the verbs of `COMPLEX_VERBS`, see `docs/complex.md`).
+    """
     leaves = jax.tree_util.tree_leaves(v)
     if not leaves:
         msg = f"`{name}` must contain at least one array; got an empty pytree."
@@ -108,7 +118,20 @@ def check_floating_vector(v, name: str) -> jnp.dtype:
         )
         raise TypeError(msg)
     (dtype,) = dtypes
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if complex_ok and not jnp.issubdtype(dtype, jnp.inexact):
+        msg = (
+            f"`{name}` must have a floating or complex dtype (float32, float64, "
+            f"complex64 or complex128); got {dtype}. Cast it, e.g. "
+            f"`{name}.astype(float)`."
+        )
+        raise TypeError(msg)
+    if not complex_ok and jnp.issubdtype(dtype, jnp.complexfloating):
+        msg = (
+            f"`{name}` must have a real floating dtype (float32 or float64) here; got "
+            f"{dtype}. Complex dtypes are supported by {COMPLEX_VERBS}."
+        )
+        raise TypeError(msg)
+    if not jnp.issubdtype(dtype, jnp.inexact):
         msg = (
             f"`{name}` must have a real floating dtype (float32 or float64); got "
             f"{dtype}. Cast it, e.g. `{name}.astype(float)`."
@@ -120,13 +143,15 @@ def check_floating_vector(v, name: str) -> jnp.dtype:
     return dtype
 
 
-def check_operator(matvec, v, *, name: str = "v", matvec_name: str = "matvec"):
+def check_operator(
+    matvec, v, *, name: str = "v", matvec_name: str = "matvec", complex_ok: bool = False
+):
     """Check that `matvec(v)` is defined and has the structure, shapes and dtype of `v`.
 
     Returns the dtype of `v`. Evaluates `matvec` abstractly (no FLOPs).
     """
     check_callable(matvec, matvec_name)
-    dtype = check_floating_vector(v, name)
+    dtype = check_floating_vector(v, name, complex_ok=complex_ok)
     try:
         out = jax.eval_shape(matvec, v)
     except Exception as err:

@@ -81,7 +81,10 @@ def divided_differences(f, w: jax.Array) -> jax.Array:
 
 def divided_differences_between(f, u: jax.Array, w: jax.Array) -> jax.Array:
     """Matrix `f[u_i, w_j]` of divided differences, `f'` at (near) ties."""
-    fprime = jnp.vectorize(jax.grad(f))
+
+    def fprime(x):  # elementwise f' by one JVP; f may be complex-valued
+        return jax.jvp(f, (x,), (jnp.ones_like(x),))[1]
+
     wi, wj = u[..., :, None], w[..., None, :]
     gap = wi - wj
     top = jnp.maximum(jnp.max(jnp.abs(u), axis=-1), jnp.max(jnp.abs(w), axis=-1))

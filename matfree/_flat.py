@@ -49,13 +49,15 @@ def flatten(
     matvec_name: str = "matvec",
     out_like=None,
     out_name: str = "b",
+    complex_ok: bool = False,
 ) -> tuple[jax.Array, FlatOperator]:
     """Validate `matvec` against `v` and return `(flat_v, flat_operator)`.
 
     Square operators (`out_like=None`): `matvec(v)` must have the structure,
     shapes and dtype of `v`. Rectangular operators: pass the output template
     `out_like` (named `out_name` in messages); `matvec(v)` must then be shaped
-    like `out_like`, and `v` only gives the input's structure.
+    like `out_like`, and `v` only gives the input's structure. `complex_ok`
+    accepts complex dtypes (for the verbs that support them).
 
     Examples
     --------
@@ -66,9 +68,13 @@ def flatten(
     ((2, 3), Array([2., 2., 2.], dtype=float64))
     """
     if out_like is None:
-        dtype = _checks.check_operator(matvec, v, name=name, matvec_name=matvec_name)
+        dtype = _checks.check_operator(
+            matvec, v, name=name, matvec_name=matvec_name, complex_ok=complex_ok
+        )
     else:
-        dtype = _check_rectangular(matvec, v, out_like, name, matvec_name, out_name)
+        dtype = _check_rectangular(
+            matvec, v, out_like, name, matvec_name, out_name, complex_ok
+        )
     flat, unravel = jax.flatten_util.ravel_pytree(v)
     if out_like is None:
         unravel_out, out_size = unravel, flat.shape[0]
@@ -86,11 +92,11 @@ def flatten(
     return flat, op
 
 
-def _check_rectangular(matvec, v, out_like, name, matvec_name, out_name):
+def _check_rectangular(matvec, v, out_like, name, matvec_name, out_name, complex_ok):
     """The checks of `flatten` for an operator from `v`-like to `out_like`-like vectors."""
     _checks.check_callable(matvec, matvec_name)
-    dtype = _checks.check_floating_vector(out_like, out_name)
-    vdtype = _checks.check_floating_vector(v, name)
+    dtype = _checks.check_floating_vector(out_like, out_name, complex_ok=complex_ok)
+    vdtype = _checks.check_floating_vector(v, name, complex_ok=complex_ok)
     if vdtype != dtype:
         msg = f"`{name}` must have the dtype of `{out_name}` ({dtype}); got {vdtype}."
         raise TypeError(msg)
@@ -143,8 +149,26 @@ def unravel_rows(op: FlatOperator, rows: jax.Array):
     return fn(rows)
 
 
+def vdot(x, y, axis=-1):
+    """Inner products `sum(conj(x) * y)` along `axis` (conjugate-linear in `x`).
+
+    The one inner product of the library; for real arrays `conj` is a no-op.
+    """
+    return jnp.sum(jnp.conj(x) * y, axis=axis)
+
+
+def sq_norm(x, axis=-1):
+    """Squared Euclidean norms `sum(|x|^2)` along `axis`, real for complex `x`."""
+    return jnp.sum(jnp.real(jnp.conj(x) * x), axis=axis)
+
+
+def real_dtype(dtype):
+    """The real dtype of the same precision (float64 for complex128)."""
+    return jnp.finfo(dtype).dtype
+
+
 def safe_norm(x, axis=-1):
-    """Euclidean norm whose gradient at zero is zero instead of NaN."""
-    sq = jnp.sum(x * x, axis=axis)
+    """Euclidean norm whose gradient at zero is zero instead of NaN (real for complex)."""
+    sq = sq_norm(x, axis=axis)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)

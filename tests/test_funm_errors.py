@@ -40,7 +40,7 @@ def test_operator_errors():
         matfree.sqrt_action(lambda x: x[:3], V, depth=2)
     with pytest.raises(ValueError, match="`matvec` could not be applied to `v`"):
         matfree.funm_action(jnp.exp, mv, jnp.ones(5), depth=2)
-    with pytest.raises(TypeError, match="`v` must have a real floating dtype"):
+    with pytest.raises(TypeError, match="`v` must have a floating or complex dtype"):
         matfree.funm_action(jnp.exp, mv, jnp.ones(6, dtype=int), depth=2)
 
 

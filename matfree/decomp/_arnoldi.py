@@ -71,7 +71,9 @@ def arnoldi(
         A JAX-traceable callable `v -> A v` of a square operator; it may close
         over arrays, and gradients reach them.
     v0
-        Start vector, an array of shape `(n,)` or a pytree.
+        Start vector, an array of shape `(n,)` or a pytree, of a floating or
+        complex dtype (complex: `H = Q^* A Q^T` is complex, the inner
+        products conjugate the basis).
     depth
         Number of steps `k`, a static int with `1 <= k <= n`.
     gradient
@@ -81,7 +83,8 @@ def arnoldi(
         products, so no transposed operator is needed) and one parameter VJP
         on all `k` basis vectors; reverse mode only (`jax.jvp` raises).
         `"autodiff"` differentiates through the loop (forward mode, higher
-        derivatives; memory `O(n k^2)`).
+        derivatives; memory `O(n k^2)`). Complex dtypes: the backward pass
+        of `"adjoint"` raises `NotImplementedError`; use `"autodiff"`.
     batched
         If `True`, `v0` has a leading batch axis `(m, ...)` and the iterations
         run as a block (one batched matvec per step). All result fields get a
@@ -180,6 +183,7 @@ def _arnoldi_fwd(fn, depth, V0, params):
 
 def _arnoldi_bwd(fn, depth, residuals, cotangents):
     (Q, H, r, c, _, _), params, active = residuals
+    _krylov.check_real_for_adjoint(Q.dtype, "decomp.arnoldi")
     Qbar, Hbar, rbar, cbar = _krylov.instantiate(
         cotangents[:4], (Q, H, r, c), keep_none=(True, False, True, False)
     )

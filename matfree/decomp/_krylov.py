@@ -39,10 +39,10 @@ def flatten_block(matvec, v0, batched):
             )
             raise ValueError(msg)
         example = jax.tree_util.tree_map(lambda x: x[0], v0)
-        _, op = _flat.flatten(matvec, example, name="v0")
+        _, op = _flat.flatten(matvec, example, name="v0", complex_ok=True)
         V0 = jax.vmap(lambda v: jax.flatten_util.ravel_pytree(v)[0])(v0)
     else:
-        flat, op = _flat.flatten(matvec, v0, name="v0")
+        flat, op = _flat.flatten(matvec, v0, name="v0", complex_ok=True)
         V0 = flat[None]
 
     def unravel_batch(X):
@@ -92,8 +92,11 @@ def normalise_start(V0):
 
 
 def project_out(basis, u):
-    """Remove from `u` (m, n) its components along the rows of `basis` (m, j, n)."""
-    coeffs = jnp.einsum("mjn,mn->mj", basis, u)
+    """Remove from `u` (m, n) its components along the rows of `basis` (m, j, n).
+
+    The coefficients are the inner products `<q_j, u> = sum(conj(q_j) * u)`.
+    """
+    coeffs = jnp.einsum("mjn,mn->mj", jnp.conj(basis), u)
     return u - jnp.einsum("mj,mjn->mn", coeffs, basis), coeffs
 
 
@@ -112,13 +115,23 @@ def restart_vectors(basis, i):
     """
     m, _, n = basis.shape
     # A cheap deterministic pseudo-random vector (no PRNG: keeps compile fast).
-    idx = jnp.arange(n, dtype=basis.dtype)
+    idx = jnp.arange(n, dtype=_flat.real_dtype(basis.dtype))
     z = jnp.sin(idx * 12.9898 + (i + 1) * 78.233) * 43758.5453
-    z = jnp.broadcast_to(z - jnp.floor(z) - 0.5, (m, n))
+    z = jnp.broadcast_to(z - jnp.floor(z) - 0.5, (m, n)).astype(basis.dtype)
     z, _ = project_out(basis, z)
     z, _ = project_out(basis, z)
     z = jax.lax.stop_gradient(z)
     return z / safe_norm(z)[:, None]
+
+
+def check_real_for_adjoint(dtype, name):
+    """Raise in the backward pass of a decomposition adjoint on complex vectors."""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        msg = (
+            f'`gradient="adjoint"` of `{name}` supports real dtypes only; got {dtype}. '
+            'For complex vectors and operators pass `gradient="autodiff"`.'
+        )
+        raise NotImplementedError(msg)
 
 
 def status_of(c, *arrays):

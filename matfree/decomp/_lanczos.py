@@ -83,7 +83,9 @@ def lanczos(
         A JAX-traceable callable `v -> A v` of a symmetric operator. It may
         close over arrays (parameters, data); gradients reach them.
     v0
-        Start vector: an array of shape `(n,)` or a pytree of arrays.
+        Start vector: an array of shape `(n,)` or a pytree of arrays, of a
+        floating or complex dtype. For complex vectors the operator must be
+        Hermitian (`A^H = A`); the basis is complex, `T` is real.
     depth
         Number of steps `k`, a static int with `1 <= k <= n`.
     reortho
@@ -100,7 +102,8 @@ def lanczos(
         For symmetric operators the adjoint returns the gradient of the
         symmetric parameterisation: gradients w.r.t. parameters of a
         symmetric `matvec` are exact, a raw dense matrix gets the gradient
-        projected on symmetric matrices.
+        projected on symmetric matrices. Complex dtypes: the backward pass
+        of `"adjoint"` raises `NotImplementedError`; use `"autodiff"`.
     batched
         If `True`, `v0` has a leading batch axis `(m, ...)` and the `m`
         iterations run together: one batched matvec per step (forward and
@@ -159,7 +162,7 @@ def _lanczos_impl(fn, depth, reortho, V0, params):
         Q, q_prev, b_prev = carry
         q = Q[:, i]
         w = mv(q)
-        a = jnp.sum(q * w, axis=1)
+        a = jnp.real(jnp.sum(jnp.conj(q) * w, axis=1))  # real for Hermitian A
         u = w - a[:, None] * q - b_prev[:, None] * q_prev
         if reortho:  # twice is enough (Kahan, Parlett): keeps float32 orthogonal
             u, _ = _krylov.project_out(Q, u)
@@ -179,7 +182,7 @@ def _lanczos_impl(fn, depth, reortho, V0, params):
         Q = Q.at[:, i + 1].set(q_next)
         return (Q, q_next, b), (a, b, u, broke)
 
-    init = (Q, jnp.zeros_like(V0), jnp.zeros((m,), V0.dtype))
+    init = (Q, jnp.zeros_like(V0), jnp.zeros((m,), c.dtype))
     (Q, _, _), (a, b, u, broke) = jax.lax.scan(step, init, jnp.arange(depth))
     a, b, broke = a.T, b.T, broke.T
     r = u[-1]
@@ -202,6 +205,7 @@ def _lanczos_fwd(fn, depth, reortho, V0, params):
 
 def _lanczos_bwd(fn, depth, reortho, residuals, cotangents):
     (Q, a, b, r, c, _, _), params, active = residuals
+    _krylov.check_real_for_adjoint(Q.dtype, "decomp.lanczos")
     Qbar, abar, bbar, rbar, cbar = _krylov.instantiate(
         cotangents[:5], (Q, a, b, r, c), keep_none=(True, False, False, True, False)
     )

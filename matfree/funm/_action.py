@@ -60,7 +60,10 @@ def funm_action(
         JAX-traceable `v -> A v` of a square operator; symmetric unless
         `symmetric=False`.
     v
-        Vector, array of shape `(n,)` or a pytree of arrays.
+        Vector, array of shape `(n,)` or a pytree of arrays, of a floating or
+        complex dtype. For complex `v`, `symmetric=True` means a Hermitian
+        operator, and `f` may be complex-valued on its real eigenvalues (e.g.
+        `lambda lam: jnp.exp(-1j * t * lam)` for `expm(-i t A) v`).
     depth
         Krylov depth `k`, a static int with `1 <= k <= n`. `k = n` is exact (up
         to rounding). For `k << n` the error is governed by how well a
@@ -113,7 +116,7 @@ def funm_action(
     """
     check_elementwise(f)
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
-    flat, op = _flat.flatten(matvec, v)
+    flat, op = _flat.flatten(matvec, v, complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     if symmetric:
         args = (f, op, flat, depth, reortho, gradient)
@@ -188,7 +191,7 @@ def sqrt_action(
     'NOT_POSITIVE_DEFINITE'
     """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
-    flat, op = _flat.flatten(matvec, v)
+    flat, op = _flat.flatten(matvec, v, complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     f = jax.lax.rsqrt if inverse else jnp.sqrt
     args = (f, op, flat, depth, reortho, gradient)
@@ -209,7 +212,7 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
     if gradient == "adjoint":
         # The values f closes over (e.g. `p` in `lambda x: x**p`) become
         # differentiable arguments of the rule.
-        pure, consts = _dense.hoist(f, flat.dtype)
+        pure, consts = _dense.hoist(f, _flat.real_dtype(flat.dtype))
         value, (T, c, _) = _two_sided.lanczos_action(
             lambda x, s, aux: pure(x, s),
             op.fn,
@@ -229,7 +232,7 @@ def lanczos_funm(f, op, flat, depth, reortho, gradient, *, positive=False):
             gradient="autodiff",
         )
         # f(T) may be infinite for a zero v's stand-in; f(A) 0 = 0 anyway.
-        T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=flat.dtype))
+        T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=res.diag.dtype))
         value = c * (res.basis.T @ _dense.funm_sym(f, T)[:, 0])
     not_symmetric = _common.symmetry_defect(op, flat) if op.size > 1 else False
     conditions = [

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from matfree import status as _status
-from matfree._flat import safe_norm
+from matfree._flat import safe_norm, vdot
 
 GRADIENTS = ("adjoint", "autodiff")
 
@@ -100,6 +100,6 @@ def symmetry_defect(op, x):
     Ax = op.fn(x, *params)
     nAx = safe_norm(Ax)
     Ay = op.fn(Ax / jnp.maximum(nAx, tiny), *params)
-    defect = jnp.abs(jnp.dot(x, Ay) - nAx)
+    defect = jnp.abs(vdot(x, Ay) - nAx)  # x^H A y for complex (Hermitian) A
     scale = jnp.maximum(nAx, safe_norm(Ay))
     return defect > jnp.sqrt(jnp.finfo(x.dtype).eps) * scale

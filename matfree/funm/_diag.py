@@ -12,6 +12,7 @@ block) is outside the method's scope. `cond(V)` is returned alongside for the
 callers to report. `f` must accept complex arrays, be analytic near the
 eigenvalues, and satisfy `f(conj(z)) = conj(f(z))` so that `f(H)` is real for
 real `H` (`jnp.exp`, `jnp.log`, `jnp.sqrt`, `jnp.sin`, rational functions).
+For complex `H` the result is complex and no symmetry of `f` is needed.
 """
 
 from __future__ import annotations
@@ -43,14 +44,21 @@ def complex_dtype(dtype):
 def _funm_diag(f, H, consts):
     w, V = jnp.linalg.eig(H)
     Vinv = jnp.linalg.inv(V)
-    return jnp.real((V * f(w, consts)[..., None, :]) @ Vinv).astype(H.dtype)
+    return _like(H, (V * f(w, consts)[..., None, :]) @ Vinv)
+
+
+def _like(H, X):
+    """`X` in the dtype of `H`: the real part for real `H` (see the module docstring)."""
+    if jnp.issubdtype(H.dtype, jnp.complexfloating):
+        return X.astype(H.dtype)
+    return jnp.real(X).astype(H.dtype)
 
 
 def eigvec_condition(H: jax.Array) -> jax.Array:
     """2-norm condition number of the eigenvector matrix of `H` (no gradient)."""
     _, V = jnp.linalg.eig(jax.lax.stop_gradient(H))
     s = jnp.linalg.svd(V, compute_uv=False)
-    return (s[..., 0] / s[..., -1]).astype(H.dtype)
+    return (s[..., 0] / s[..., -1]).astype(jnp.finfo(H.dtype).dtype)
 
 
 def _divided_differences_complex(f, w):

@@ -69,14 +69,19 @@ def exp_action(
     matvec
         JAX-traceable `v -> A v` of a square operator.
     v
-        Vector, shape `(n,)` or a pytree.
+        Vector, shape `(n,)` or a pytree, of a floating or complex dtype. For
+        the Schrödinger-type `expm(-i t H) v` with Hermitian `H`, pass the
+        matvec of `-1j * H` and a complex `v` (the default Arnoldi path), or
+        use `funm_action(lambda lam: jnp.exp(-1j * t * lam), ...)` with the
+        matvec of `H` (Lanczos). See the docs page "Complex numbers".
     t
-        Time, a scalar `>= 0` (may be traced and differentiated).
+        Time, a real scalar `>= 0` (may be traced and differentiated).
     depth
         Krylov depth per substep, static, `1 <= depth <= n`.
     symmetric
-        Use Lanczos (cheaper) for a symmetric operator; a two-matvec check
-        reports generic non-symmetry as status `NOT_SYMMETRIC`.
+        Use Lanczos (cheaper) for a symmetric (complex: Hermitian) operator; a
+        two-matvec check reports generic non-symmetry as status
+        `NOT_SYMMETRIC`.
     num_substeps
         Static int `s >= 1` or `None` (default). Without `tol`: `[0, t]` is
         split into `s` equal substeps (`None`: one). Pick `s` from an estimate
@@ -115,7 +120,8 @@ def exp_action(
     gradient
         `"adjoint"` (default): the custom gradient rules above (reverse mode
         only; `jax.jvp` raises). `"autodiff"` differentiates the loops
-        (forward mode too, more memory).
+        (forward mode too, more memory). Both rules support complex dtypes
+        (JAX's convention for complex cotangents).
     throw
         If `True` (default), a non-zero `status` raises (via
         `matfree.status.error_if`, also under `jit`) whichever field of the
@@ -200,14 +206,15 @@ def run(
     `throw=False, throw_gradient=True`.
     """
     gradient = _checks.check_gradient(gradient, allowed=_common.GRADIENTS)
-    flat, op = _flat.flatten(matvec, v)
+    flat, op = _flat.flatten(matvec, v, complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     if num_substeps is None:
         num_substeps = 1 if tol is None else DEFAULT_MAX_SUBSTEPS
     num_substeps = _checks.check_int(num_substeps, "num_substeps")
-    t = _check_time(t, flat.dtype)
+    rdtype = _flat.real_dtype(flat.dtype)  # times and tolerances are real
+    t = _check_time(t, rdtype)
     if tol is not None:
-        tol = _check_tol(tol, flat.dtype)
+        tol = _check_tol(tol, rdtype)
 
     step = _make_step(op, depth, symmetric, reortho, gradient, tol, throw_gradient)
     if tol is None:
@@ -406,7 +413,7 @@ def _uniform(step, w, t, num_substeps):
     fraction = 1.0 / num_substeps
 
     def choose(estimator):
-        f = jnp.asarray(fraction, w.dtype)
+        f = jnp.asarray(fraction, _flat.real_dtype(w.dtype))
         return f, estimator.at(f[None])[0]
 
     def relative(est, w):

@@ -16,6 +16,12 @@ This rule differentiates `f(A) v` itself instead. For a cotangent `ybar`:
   invariant, and converges as fast as the two values do. The sum is one VJP of
   the batched matvec over the `k` basis vectors of `v`.
 
+Complex Hermitian `A` (and complex-valued `f`, e.g. `exp(-i t lambda)`): JAX
+pairs cotangents without conjugation, so `vbar = f(A)^T ybar =
+conj(conj(f)(A) conj(ybar))` (Lanczos on `conj(ybar)`), and the operator's
+cotangent pairs `conj(z_i)` with `dA y_j`; for real `A` and `f` these reduce
+to the formulas above.
+
 Cost of the backward pass: `k` matvecs (Lanczos on `ybar`) and one VJP of the
 matvec applied to `k` vectors at once; memory `O(n k)`.
 """
@@ -29,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matfree import _dense, decomp
+from matfree import _dense, _flat, decomp
 from matfree._flat import safe_norm
+from matfree.decomp._krylov import check_real_for_adjoint
 from matfree.funm import _common, _diag
 
 
@@ -67,7 +74,7 @@ def _lanczos(fn, params, v, depth, reortho):
         decomp.lanczos, lambda x: fn(x, *params), v, depth=depth, reortho=reortho
     )
     # f may be infinite on the stand-in's Ritz values; use T = I there.
-    T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=v.dtype))
+    T = jnp.where(c > 0, res.tridiag(), jnp.eye(depth, dtype=res.diag.dtype))
     return res.basis, T, res.residual, c
 
 
@@ -94,15 +101,20 @@ def _backward(f, prepare, fn, depth, reortho, residuals, cotangents):
     del prepare
     Q, w, S, c, params, s, aux, prepare_args_bar = residuals
     ybar = cotangents[0]
-    Qc, Tc, _, cc = _lanczos(fn, params, ybar, depth, reortho)
-    vbar, wc, Sc = _apply(f, s, aux, Qc, Tc, cc)
+    # JAX pairs cotangents without conjugation: vbar = f(A)^T ybar, which for
+    # Hermitian A is conj(fbar(A) conj(ybar)) with fbar = conj(f) (the same as
+    # f(A) ybar for real A and real f). Lanczos runs on u = conj(ybar).
+    Qc, Tc, _, cc = _lanczos(fn, params, jnp.conj(ybar), depth, reortho)
+    wc, Sc = jnp.linalg.eigh(Tc)
+    vbar = jnp.conj(cc * (Qc.T @ (Sc @ (jnp.conj(f(wc, s, aux)) * Sc[0]))))
 
-    # Daleckii–Krein across the two Ritz sets: F[i, j] = f[mu_i, theta_j].
+    # Daleckii–Krein across the two Ritz sets: F[i, j] = f[mu_i, theta_j];
+    # sum(ybar * L_f(A, dA) v) = sum_ij M_ij z_i^H dA y_j.
     F = _dense.divided_differences_between(lambda x: f(x, s, aux), wc, w)
     M = F * (cc * Sc[0])[:, None] * (c * S[0])[None, :]
     G = S @ M.T @ Sc.T  # coefficients in the two Lanczos bases
     _, vjp = jax.vjp(lambda X, *p: jax.vmap(lambda x: fn(x, *p))(X), Q, *params)
-    pbar = list(vjp(G @ Qc)[1:])
+    pbar = list(vjp(G @ jnp.conj(Qc))[1:])
 
     # d/ds ybar^T f(A, s) v = ybar^T (d_s f)(A, s) v, from the Krylov space of v.
     _, vjp_s = jax.vjp(lambda s: c * (Q.T @ (S @ (f(w, s, aux) * S[0]))), s)
@@ -145,6 +157,11 @@ _action.defvjp(_forward, _backward)
 #   the `k` rows of `Q` with cotangent rows `c cbar W^T P`;
 # - `d/dtau = ybar^T A y ~ c ybar^T (Q^T H u + r u_k)`, `u = expm(tau H) e_1`.
 #
+# Complex `A` and `v`: JAX's cotangents pair without conjugation, so `A^T` is
+# the plain transpose (the VJP of the matvec) and the formulas hold unchanged;
+# the Arnoldi runs use the conjugating inner product. The cotangent of the real
+# time `tau` is the real part of its pairing.
+#
 # Both Krylov approximations are exact when their spaces are invariant, so the
 # gradient converges as the value and the adjoint value do. The adjoint's own
 # error is estimated like the value's (Saad's estimate for `expm(tau A^T) ybar`).
@@ -183,7 +200,7 @@ def arnoldi_exp(fn, depth, prepare, w, params, t, tol, prepare_args=(), *, throw
     """
     if tol is None:
         tol = -1.0  # marks "no tolerance": compare with the value's estimate
-    tol = jax.lax.stop_gradient(jnp.asarray(tol, w.dtype))
+    tol = jax.lax.stop_gradient(jnp.asarray(tol, _flat.real_dtype(w.dtype)))
     prepare_args = jax.tree_util.tree_map(jax.lax.stop_gradient, prepare_args)
     args = (w, params, t, tol, prepare_args)
     y, est, fraction = _arnoldi_exp(fn, depth, prepare, throw, *args)
@@ -259,7 +276,8 @@ def _arnoldi_exp_bwd(fn, depth, prepare, throw, residuals, cotangents):
     pbar = list(vjp(rows))
 
     dy = c * (Q.T @ (H @ u) + r * u[-1])
-    tbar = fraction * jnp.dot(ybar, dy)
+    # JAX's pairing is bilinear (no conjugation); a real `t` gets the real part.
+    tbar = jnp.real(fraction * jnp.sum(ybar * dy))
     # A gradient that fails its own error check is NaN (with `throw`, it raises);
     # so is one from a NaN cotangent (a later substep's failure), which the
     # zero-vector guard of the Arnoldi run would otherwise turn into zero.
@@ -295,7 +313,7 @@ def _adjoint_pieces(fn, params, depth, Q, H, c, ybar, tau, m):
     k = H.shape[0]
     dt = tau / m
     transposed = _transposed(fn, params, ybar)
-    z, rows, total = ybar, jnp.zeros_like(Q), jnp.zeros((), ybar.dtype)
+    z, rows, total = ybar, jnp.zeros_like(Q), jnp.zeros((), _flat.real_dtype(ybar.dtype))
     for j in range(m):
         a = tau - (j + 1) * dt
         u_a = _expm_e1(a * H) if j < m - 1 else jnp.zeros(k, H.dtype).at[0].set(1.0)
@@ -376,6 +394,8 @@ def _arnoldi_funm_fwd(f, fn, depth, v, params, consts):
 def _arnoldi_funm_bwd(f, fn, depth, residuals, cotangents):
     Q, H, c, params, consts = residuals
     ybar = cotangents[0]
+    # The Fréchet-derivative rule below is derived for real operators.
+    check_real_for_adjoint(ybar.dtype, "funm_action(symmetric=False)")
 
     # vbar = f(A^T) ybar, by Arnoldi on A^T (a VJP of the matvec).
     P, G, cbar = _arnoldi_general(_transposed(fn, params, ybar), ybar, depth)

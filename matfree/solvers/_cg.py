@@ -1,4 +1,9 @@
-"""Preconditioned conjugate gradients for symmetric positive definite operators."""
+"""Preconditioned conjugate gradients for symmetric positive definite operators.
+
+Complex vectors: the operator (and preconditioner) must be Hermitian positive
+definite; the inner products conjugate their first argument and the step
+lengths are real.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
     """
     X, R, flag, k, hist = c.start(mv, B, X0, tol, maxiter, history)
     Z = R if pc is None else pc(R)
-    rz = c.dot(R, Z)
+    rz = c.rdot(R, Z)
     state = (X, R, Z, rz, k, flag, hist)
 
     def cond(state):
@@ -31,7 +36,7 @@ def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
         X, R, P, rz, k, flag, hist = state
         act = c.active(flag, k, maxiter)
         AP = mv(P)
-        pAp = c.dot(P, AP)
+        pAp = c.rdot(P, AP)
         indefinite = act & ~(pAp > 0)
         step = act & ~indefinite
         alpha = jnp.where(step, c.div(rz, pAp), 0)
@@ -39,12 +44,12 @@ def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
         R = R - c.col(alpha) * AP
         if pc is None:
             Z = R
-            rz_new = c.dot(R, R)
+            rz_new = c.rdot(R, R)
             res = jnp.sqrt(rz_new)
             broke = None  # r^T r = 0 means converged
         else:
             Z = pc(R)
-            rz_new = c.dot(R, Z)
+            rz_new = c.rdot(R, Z)
             res = c.norm(R)
             # A non-SPD preconditioner shows as r^T M r <= 0 for r != 0.
             broke = ~(rz_new > 0)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree._flat import safe_norm
+from matfree._flat import safe_norm, sq_norm, vdot
 from matfree.status import Status
 
 RUNNING = -1  # internal: still iterating (reported as NOT_CONVERGED at the end)
@@ -56,13 +56,18 @@ def div(a, b):
 
 
 def dot(X, Y):
-    """Column-wise inner products of two blocks (m, n) -> (m,)."""
-    return jnp.sum(X * Y, axis=-1)
+    """Column-wise inner products `sum(conj(X) * Y)` of two blocks (m, n) -> (m,)."""
+    return vdot(X, Y)
+
+
+def rdot(X, Y):
+    """The real part of `dot`: for Hermitian methods, where `<x, A x>` is real."""
+    return jnp.real(vdot(X, Y))
 
 
 def norm(X):
     """Column-wise Euclidean norms (m, n) -> (m,); zero gradient at 0, NaN stays NaN."""
-    sq = jnp.sum(X * X, axis=-1)
+    sq = sq_norm(X)
     return jnp.where(sq == 0, 0, safe_norm(X, axis=-1) + jnp.where(jnp.isnan(sq), sq, 0))
 
 

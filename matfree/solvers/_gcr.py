@@ -46,9 +46,9 @@ def gcr(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
         # so a restart costs nothing. Gram-Schmidt twice on the `q`s; the `p`s
         # follow with one combined update.
         mask = (rows < j).astype(B.dtype)
-        h = jnp.einsum("mkn,mn->mk", Qb, C) * mask
+        h = jnp.einsum("mkn,mn->mk", jnp.conj(Qb), C) * mask
         C = C - jnp.einsum("mk,mkn->mn", h, Qb)
-        h2 = jnp.einsum("mkn,mn->mk", Qb, C) * mask
+        h2 = jnp.einsum("mkn,mn->mk", jnp.conj(Qb), C) * mask
         C = C - jnp.einsum("mk,mkn->mn", h2, Qb)
         U = U - jnp.einsum("mk,mkn->mn", h + h2, Pb)
         nc = c.norm(C)

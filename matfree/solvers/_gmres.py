@@ -53,9 +53,9 @@ def gmres(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
             act = c.active(flag, k, maxiter)
             w = mv(pc(V[:, j]))
             # Rows of V past j are zero, so no mask is needed.
-            h = jnp.einsum("mkn,mn->mk", V, w)
+            h = jnp.einsum("mkn,mn->mk", jnp.conj(V), w)
             w = w - jnp.einsum("mk,mkn->mn", h, V)
-            h2 = jnp.einsum("mkn,mn->mk", V, w)
+            h2 = jnp.einsum("mkn,mn->mk", jnp.conj(V), w)
             w = w - jnp.einsum("mk,mkn->mn", h2, V)
             hn = c.norm(w)
             V = jax.lax.dynamic_update_index_in_dim(
@@ -66,15 +66,19 @@ def gmres(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
             # Apply the previous rotations with one small matvec, then the new one.
             h = jnp.einsum("mik,mk->mi", Q, h)
             a, b = h[:, j], h[:, j + 1]
-            r = jnp.sqrt(a**2 + b**2)
+            # The (complex) Givens rotation [[conj c, conj s], [-s, c]] maps
+            # (a, b) to (r, 0) with r = |(a, b)| real.
+            r = jnp.sqrt(jnp.real(jnp.conj(a) * a + jnp.conj(b) * b))
             cj, sj = c.div(a, r), c.div(b, r)
             cj = jnp.where(r == 0, 1, cj)
             cj, sj = cj[:, None, None], sj[:, None, None]
             P, P1 = ej[:, None] * ej[None, :], ej1[:, None] * ej1[None, :]
             G = (
                 eye
-                + (cj - 1) * (P + P1)
-                + sj * (ej[:, None] * ej1[None, :] - ej1[:, None] * ej[None, :])
+                + (jnp.conj(cj) - 1) * P
+                + (cj - 1) * P1
+                + jnp.conj(sj) * (ej[:, None] * ej1[None, :])
+                - sj * (ej1[:, None] * ej[None, :])
             )
             Q = jnp.einsum("mik,mkl->mil", G, Q)
             h = jnp.where(rows < j, h, 0) + c.col(r) * ej

@@ -30,6 +30,13 @@ Which function of `b` the solve computes decides its derivative:
   with `Ã^T`, the second consistent; `nu` (with `y` in the range of `N`) is
   one CG solve with `N`.
 
+Complex vectors: read `^T` above as the conjugate transpose `^H` (the
+normal operator is `A^H A + damp^2 I`; "symmetric" means Hermitian). JAX's
+reverse mode transposes without conjugation, so the transposed solve of a
+Hermitian `A` (whose transpose is `conj(A)`) is `conj(A^{-1} conj(c))`, the
+same method on the same operator; for the general methods it is the solve
+with `A^T` from `jax.linear_transpose`, as for real `A`.
+
 These are the derivatives of `jnp.linalg.pinv(A) @ b` (checked in the tests
 against its automatic derivatives); the rank must not change under the
 perturbation. The tolerances and the preconditioner get no derivatives
@@ -90,6 +97,27 @@ def transpose(mv, like):
     return lambda Y: t(Y)[0]
 
 
+def adjoint(mv, like):
+    """The adjoint `A^H` (conjugate transpose) of `mv`; the transpose for real `A`."""
+    t = transpose(mv, like)
+    return lambda Y: jnp.conj(t(jnp.conj(Y)))
+
+
+def _self_adjoint_solve(matvec, C, solve):
+    """`custom_linear_solve` for a symmetric (real) or Hermitian (complex) operator.
+
+    JAX transposes without conjugation: the transpose of a Hermitian `A` is
+    `conj(A)`, whose inverse is `conj . A^{-1} . conj` (the same solve).
+    """
+    if not jnp.issubdtype(C.dtype, jnp.complexfloating):
+        return jax.lax.custom_linear_solve(matvec, C, solve, symmetric=True)
+
+    def solve_t(mv, C):
+        return jnp.conj(solve(mv, jnp.conj(C)))
+
+    return jax.lax.custom_linear_solve(matvec, C, solve, solve_t)
+
+
 def solve_block(spec, fn, pfn, B, X0, like, params, pparams, tols):
     """Solve on a block `B` (m, n_b); returns `(X, num_steps, flag, history)`."""
     if spec.gradient == "adjoint":
@@ -103,7 +131,7 @@ def _forward(spec, fn, pfn, B, X0, like, params, pparams, tols, differentiable):
     pc = None if pfn is None else _flat.map_rows(pfn, pparams)
     kw = {"differentiable": differentiable, "history": spec.history}
     if spec.method == "lsqr":
-        mvT = transpose(mv, like)
+        mvT = adjoint(mv, like)
 
         def run(Bs, X0s, tol):
             return lsqr(
@@ -214,7 +242,7 @@ class _Rule:
             return _checked(*self._solve(fn, pfn, C), throw)
 
         if self.spec.method in SYMMETRIC:
-            return jax.lax.custom_linear_solve(self.A, C, solve, symmetric=True)
+            return _self_adjoint_solve(self.A, C, solve)
         fnT = _transpose_fn(fn)
         pfnT = None if pfn is None else _transpose_fn(pfn)
 
@@ -238,7 +266,7 @@ class _Rule:
             X, flag2 = self._solve(fn, pfn, Z)
             return _checked(X, _worse(flag1, flag2), throw)
 
-        return jax.lax.custom_linear_solve(self.A, C, solve, symmetric=True)
+        return _self_adjoint_solve(self.A, C, solve)
 
     def pinv_normal(self, C, B, consistent=False):
         """`N^+ C` with `N = A^T A + damp^2 I`, transposable.
@@ -247,7 +275,7 @@ class _Rule:
         solve with `N` if `C` is in the range of `N`.
         """
         A, like, throw = self.A, self.like, self.spec.throw
-        AT = transpose(A, like)
+        AT = adjoint(A, like)
         damp = self.tols[2]
         n_b = B.shape[1]
 
@@ -268,12 +296,12 @@ class _Rule:
 
         def fn_normal(x, *p):
             Ap = _flat.map_rows(self.fn, p)
-            return transpose(Ap, x[None])(Ap(x[None]))[0] + damp**2 * x
+            return adjoint(Ap, x[None])(Ap(x[None]))[0] + damp**2 * x
 
         def normal(X):
             return AT(A(X)) + damp**2 * X
 
-        return jax.lax.custom_linear_solve(normal, C, solve, symmetric=True)
+        return _self_adjoint_solve(normal, C, solve)
 
     def tangent(self, B, X0, X, dB, dX0, dparams):
         """The tangent of the solution `X` (linear in `dB`, `dX0`, `dparams`)."""
@@ -288,9 +316,9 @@ class _Rule:
         def dA(V):  # the tangent of the operator, applied to V
             return jax.jvp(lambda *p: _flat.map_rows(fn, p)(V), params, dparams)[1]
 
-        def dAT(W):  # its transpose, applied to W
+        def dAT(W):  # its adjoint (transpose for real A), applied to W
             def AT_W(*p):
-                return transpose(_flat.map_rows(fn, p), like)(W)
+                return adjoint(_flat.map_rows(fn, p), like)(W)
 
             return jax.jvp(AT_W, params, dparams)[1]
 
@@ -311,7 +339,7 @@ class _Rule:
             dY = self.pinv_symmetric(rhs)
         else:
             damp = self.tols[2]
-            AT = transpose(A, like)
+            AT = adjoint(A, like)
             C = AT(rhs)
             if moved:
                 W = dAT(A(self.pinv_normal(Y, B, consistent=True)))

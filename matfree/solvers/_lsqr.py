@@ -16,6 +16,7 @@ def lsqr(mv, mvT, B, X0, tol, maxiter, *, differentiable, history, rtol, damp, l
     is small relative to the residual (`|A^T r - damp^2 x| <= rtol |A| |r|`,
     with the running estimate of the Frobenius norm `|A|`). The residual `r`
     includes the damping term. `like` is the flat initial guess (m, n).
+    `mvT` is the adjoint `A^H` (the transpose for real `A`).
 
     References
     ----------
@@ -34,7 +35,7 @@ def lsqr(mv, mvT, B, X0, tol, maxiter, *, differentiable, history, rtol, damp, l
     flag = c.initial_flag(res, tol)
     # A^T b = 0: x = 0 solves the least-squares problem.
     flag = jnp.where((flag == c.RUNNING) & (alpha == 0), c.CONVERGED, flag)
-    zeros = jnp.zeros((m,), B.dtype)
+    zeros = jnp.zeros((m,), beta.dtype)  # real: the bidiagonal is real for complex A
     k = jnp.zeros((m,), jnp.int32)
     hist = c.new_history(res, maxiter, history)
     scal = (alpha, beta, alpha, zeros, zeros)  # alpha, phibar, rhobar, anorm2, res2

@@ -1,4 +1,8 @@
-"""Preconditioned MINRES for symmetric (possibly indefinite) operators."""
+"""Preconditioned MINRES for symmetric (possibly indefinite) operators.
+
+Complex vectors: the operator must be Hermitian; the Lanczos coefficients and
+the Givens rotations of the recurrence are then real.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,12 @@ def minres(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
     X = jnp.zeros_like(B) if X0 is None else X0
     R = B if X0 is None else B - mv(X0)
     Y = pc(R)
-    beta1sq = c.dot(R, Y)
+    beta1sq = c.rdot(R, Y)
     beta1 = jnp.sqrt(jnp.maximum(beta1sq, 0))
     res = c.norm(R)
     flag = c.initial_flag(res, tol)
     flag = jnp.where((flag == c.RUNNING) & ~(beta1sq > 0), c.BREAKDOWN, flag)
-    zeros = jnp.zeros((m,), B.dtype)
+    zeros = jnp.zeros((m,), beta1.dtype)  # real, also for complex (Hermitian) A
     zero = jnp.zeros_like(B)
     k = jnp.zeros((m,), jnp.int32)
     hist = c.new_history(res, maxiter, history)
@@ -58,12 +62,12 @@ def minres(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
         V = Y * c.col(c.div(jnp.ones_like(beta), beta))
         AV = mv(V)
         Y = AV - c.col(c.div(beta, oldb)) * r1
-        alfa = c.dot(V, Y)
+        alfa = c.rdot(V, Y)
         Y = Y - c.col(c.div(alfa, beta)) * r2
         r1, r2 = r2, Y
         Y = pc(r2)
         oldb = beta
-        betasq = c.dot(r2, Y)
+        betasq = c.rdot(r2, Y)
         broke = betasq < 0
         beta = jnp.sqrt(jnp.maximum(betasq, 0))
         oldeps = epsln

@@ -99,8 +99,10 @@ def solve(
         gradients reach them (by implicit differentiation, see `gradient`).
     b
         Right-hand side: an array `(n,)` or a pytree of arrays of one floating
-        dtype. With `batched=True`, every leaf has a leading axis of size
-        `m` (e.g. `b` of shape `(m, n)`): `m` systems solved together.
+        or complex dtype (complex: inner products conjugate, "symmetric" means
+        Hermitian, see the docs page "Complex numbers"). With `batched=True`,
+        every leaf has a leading axis of size `m` (e.g. `b` of shape
+        `(m, n)`): `m` systems solved together.
     method
         `"cg"` (symmetric positive definite), `"minres"` (symmetric,
         possibly indefinite), `"gmres"` (general; restarted GMRES(`restart`)),
@@ -129,8 +131,8 @@ def solve(
         Laplacian, n = 300, needs about 10,000 GMRES(30) iterations), and a
         cycle that makes no progress ends the iteration with `STAGNATED`.
     symmetric
-        Declare whether `A` is symmetric. `False` with `"cg"` or `"minres"`
-        is an error. (Symmetry is not checked numerically.)
+        Declare whether `A` is symmetric (Hermitian for complex `A`). `False`
+        with `"cg"` or `"minres"` is an error. (Symmetry is not checked numerically.)
     restart
         Krylov dimension per cycle of `"gmres"` and `"gcr"`; capped at `n`.
         Memory `O(n restart)` per right-hand side; a larger `restart` makes
@@ -241,7 +243,7 @@ def _check_options(method, symmetric, gradient):
 def _flatten_problem(matvec, b, x0, precond, *, method, batched) -> _Problem:
     """Validate the operator, `b`, `x0` and `precond`; flatten them to blocks."""
     _checks.check_callable(matvec)
-    _checks.check_floating_vector(b, "b")
+    _checks.check_floating_vector(b, "b", complex_ok=True)
     b_ex, stack = _unbatch(b, "b", batched)
     if method == "lsqr":
         if precond is not None:
@@ -249,14 +251,18 @@ def _flatten_problem(matvec, b, x0, precond, *, method, batched) -> _Problem:
             raise ValueError(msg)
         x_ex = b_ex if x0 is None else _unbatch(x0, "x0", batched)[0]
         # Without `x0`, `x` is shaped like `b` (a square least-squares problem).
-        _, op = _flat.flatten(matvec, x_ex, name="x0", out_like=b_ex, out_name="b")
+        _, op = _flat.flatten(
+            matvec, x_ex, name="x0", out_like=b_ex, out_name="b", complex_ok=True
+        )
     else:
-        _, op = _flat.flatten(matvec, b_ex, name="b")
+        _, op = _flat.flatten(matvec, b_ex, name="b", complex_ok=True)
         if x0 is not None:
             _check_like(x0, b, "x0", "b")
     pop = None
     if precond is not None:
-        _, pop = _flat.flatten(precond, b_ex, name="b", matvec_name="precond")
+        _, pop = _flat.flatten(
+            precond, b_ex, name="b", matvec_name="precond", complex_ok=True
+        )
     B = stack(b)
     X0 = None if x0 is None else stack(x0)
     if X0 is not None and X0.shape[0] != B.shape[0]:
@@ -268,6 +274,7 @@ def _flatten_problem(matvec, b, x0, precond, *, method, batched) -> _Problem:
 
 
 def _tolerances(rtol, atol, damp, dtype):
+    dtype = _flat.real_dtype(dtype)  # tolerances are real, also for complex `b`
     if rtol is None:
         rtol = {8: 1e-6, 4: 1e-4}.get(jnp.dtype(dtype).itemsize, 1e-2)
     rtol = _nonnegative(rtol, "rtol", dtype)

@@ -172,7 +172,7 @@ def test_bad_operators_and_vectors(method):
         method(lambda v: rect @ v, jnp.ones(5), depth=2)
     with pytest.raises(TypeError, match="changed the dtype"):
         method(lambda v: (A @ v).astype(jnp.float32), jnp.ones(5), depth=2)
-    with pytest.raises(TypeError, match="real floating dtype"):
+    with pytest.raises(TypeError, match="floating or complex dtype"):
         method(lambda v: v, jnp.arange(5), depth=2)
     with pytest.raises(ValueError, match="same structure"):
         method(lambda v: {"x": v}, jnp.ones(5), depth=2)
