@@ -92,6 +92,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--uncached-calls", type=int, default=20)
+    parser.add_argument(
+        "--peer-calls", type=int, default=200, help="calls of the jax.scipy peer"
+    )
     parser.add_argument("--only", default=None, help="one verb (subprocess mode)")
     args = parser.parse_args()
 
@@ -110,7 +113,8 @@ def main():
         f"{args.calls} calls per verb in one process (float64). 'maps' and 'RSS' "
         "are the growth of `/proc/self/maps` lines and resident memory since the "
         "verb's first call. Uncached: the same loop with `MATFREE_EAGER_CACHE=0`, "
-        f"{args.uncached_calls} calls in a subprocess.",
+        f"{args.uncached_calls} calls in a subprocess. The jax.scipy peer: "
+        f"{args.peer_calls} calls.",
         "",
         "| verb | first call (s) | later calls, median (ms) | growth after "
         + ", ".join(str(c) for c in CHECKPOINTS if c <= args.calls)
@@ -119,7 +123,9 @@ def main():
         "|---|---|---|---|---|",
     ]
     for name, fn in table.items():
-        first, later, rows = measure(name, fn, args.calls)
+        # The peer compiles on every call: fewer calls keep the run short.
+        num = min(args.calls, args.peer_calls) if "peer" in name else args.calls
+        first, later, rows = measure(name, fn, num)
         growth = "; ".join(f"{m} / {r:.0f}" for _, m, r in rows)
         env = dict(os.environ, MATFREE_EAGER_CACHE="0")
         out = subprocess.run(
