@@ -32,7 +32,7 @@ docs: $(VENV)/.stamp-test
 	$(VENV)/bin/mkdocs build --strict --site-dir /tmp/matfree-site
 
 test: $(VENV)/.stamp-test lint docs
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q --durations=30
 
 format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format .

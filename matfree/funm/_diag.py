@@ -80,11 +80,11 @@ def _funm_diag_jvp(f, primals, tangents):
     w, V = jnp.linalg.eig(H)
     Vinv = jnp.linalg.inv(V)
     fw, dfw = jax.jvp(lambda c: f(w, c), (consts,), (dconsts,))
-    out = jnp.real((V * fw[..., None, :]) @ Vinv).astype(H.dtype)
+    out = _like(H, (V * fw[..., None, :]) @ Vinv)
     fx = functools.partial(_with_consts, f, consts)
     inner = _divided_differences_complex(fx, w) * (Vinv @ dH.astype(V.dtype) @ V)
     inner = inner + jnp.eye(w.shape[-1], dtype=w.dtype) * dfw[..., None, :]
-    return out, jnp.real(V @ inner @ Vinv).astype(H.dtype)
+    return out, _like(H, V @ inner @ Vinv)
 
 
 def _with_consts(f, consts, x):
@@ -109,7 +109,7 @@ def frechet_block(f, G, K):
     Xinv, Yinv = jnp.linalg.inv(X), jnp.linalg.inv(Y)
     F = _divided_differences_between_complex(f, mu, theta)
     inner = F * (Xinv[:, 0][:, None] * Y[0][None, :])
-    return jnp.real(X @ inner @ Yinv).astype(G.dtype)
+    return _like(G, X @ inner @ Yinv)
 
 
 def _divided_differences_between_complex(f, u, w):

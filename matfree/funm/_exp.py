@@ -454,7 +454,7 @@ def _adaptive(step, w, t, tol, max_substeps, kind):
     kind ("checkpointed": reverse-mode differentiation with checkpoints,
     "bounded": forward and reverse mode).
     """
-    dtype = w.dtype
+    dtype = _flat.real_dtype(w.dtype)  # times and estimates are real
 
     def cond(carry):
         _, remaining, _, steps = carry
