@@ -121,14 +121,10 @@ def test_logdet_gradient_closure_check_grads():
 def test_logdet_hutchinson_gradient_random_probes_unbiased():
     """The Hutchinson gradient `mean Re (A^{-1} z)^H dA z` within its Monte-Carlo error."""
     E = _herm(GEN)
-    keys = jax.random.split(jax.random.PRNGKey(0), 2)
-
-    def grad_at(key):
-        return jax.grad(
-            lambda s: _logdet(HPD + s * E, "hutchinson", "rademacher", key, 64).value
-        )(0.0)
-
-    d = jnp.stack([grad_at(k) for k in keys])
+    key = jax.random.PRNGKey(0)
+    d = jax.grad(lambda s: _logdet(HPD + s * E, "hutchinson", "rademacher", key, 64).value)(
+        0.0
+    )
     d_ref = jax.grad(lambda s: _dense_logdet(HPD + s * E))(0.0)
     # The exact variance of the estimator with Rademacher probes.
     B = jnp.linalg.solve(HPD, E)
@@ -211,3 +207,50 @@ def test_trace_complex_gradient_and_complex64():
     assert est.value.dtype == jnp.complex64
     assert abs(complex(est.value - jnp.trace(GEN))) < 1e-5 * abs(complex(jnp.trace(GEN)))
 
+
+HERM = _herm(GEN) - 2 * jnp.eye(N)  # Hermitian, indefinite
+V0 = jnp.asarray(np.random.default_rng(2).normal(size=(2, N, 2)) @ np.array([1, 1j]))
+
+
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_eig_extreme_hermitian(which, block):
+    """Real eigenvalues; complex eigenvectors up to phase: `|<u, u_ref>| = 1`."""
+    v0, depth = (V0, N // 2) if block else (V0[0], N)
+    res = matfree.eig.extreme(lambda v: HERM @ v, v0, num_eigenpairs=3, depth=depth,
+                              which=which, block=block)  # fmt: skip
+    w, U = jnp.linalg.eigh(HERM)
+    if which == "largest":
+        w, U = w[::-1], U[:, ::-1]
+    assert res.eigenvalues.dtype == jnp.float64
+    assert res.eigenvectors.dtype == jnp.complex128
+    assert jnp.max(jnp.abs(res.eigenvalues - w[:3])) < 1e-12
+    overlap = jnp.abs(jnp.sum(U[:, :3].conj().T * res.eigenvectors, axis=1))
+    assert jnp.max(jnp.abs(overlap - 1)) < 1e-10
+    assert bool(jnp.all(res.converged))
+
+
+def test_eig_extreme_gradient_and_complex64():
+    def top(A, gradient):
+        v0 = jnp.ones(N, A.dtype)
+        res = matfree.eig.extreme(lambda v: A @ v, v0, num_eigenpairs=1, depth=N,
+                                  gradient=gradient)  # fmt: skip
+        return res.eigenvalues[0]
+
+    G = jax.grad(top)(HERM, "autodiff")
+    G_ref = jax.grad(lambda A: jnp.linalg.eigh(A)[0][-1])(HERM)
+    assert _rel(_herm(G), _herm(G_ref)) < 1e-10
+    with pytest.raises(NotImplementedError, match='pass `gradient="autodiff"`'):
+        jax.grad(top)(HERM, "adjoint")
+    lam = top(HERM.astype(jnp.complex64), "autodiff")
+    assert lam.dtype == jnp.float32
+    assert abs(float(lam) - float(jnp.linalg.eigh(HERM)[0][-1])) < 1e-5
+
+
+def test_spectral_density_hermitian():
+    res = matfree.eig.spectral_density(lambda v: HERM @ v, LIKE, key=jax.random.PRNGKey(0),
+                                       depth=N, num_probes=4)  # fmt: skip
+    assert res.density.dtype == res.nodes.dtype == jnp.float64
+    w = jnp.linalg.eigh(HERM)[0]
+    assert jnp.max(jnp.abs(jnp.sort(res.nodes, axis=1) - w)) < 1e-12  # full depth
+    assert abs(float(jnp.sum(res.weights)) / 4 - 1) < 1e-12  # |z|^2 = n (Rademacher)
