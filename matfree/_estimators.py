@@ -72,7 +72,8 @@ def sample_probes(
             raise ValueError(msg)
         return jnp.eye(n, dtype=dtype)
     check_random_key(key, probes)
-    real = jnp.finfo(dtype).dtype  # real entries, also for complex dtypes
+    # Real entries, also for complex dtypes (real dtypes pass through as given).
+    real = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
     if probes == "rademacher":
         Z = jax.random.rademacher(key, (num_probes, n), dtype=real)
     else:
