@@ -95,8 +95,9 @@ def check_depth(depth, n: int) -> int:
 
 
 COMPLEX_VERBS = (
-    "`solve`, `decomp.lanczos`, `decomp.arnoldi`, `funm_action`, `sqrt_action` and "
-    "`exp_action`"
+    "`solve`, `decomp.lanczos`, `decomp.arnoldi`, `funm_action`, `sqrt_action`, "
+    "`exp_action`, `trace`, `stochtrace.diagonal`, `trace_funm`, `logdet`, "
+    "`eig.extreme` and `eig.spectral_density`"
 )
 
 

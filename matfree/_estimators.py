@@ -48,7 +48,9 @@ def sample_probes(
     `probes` is `"rademacher"` (entries +-1), `"gaussian"` (standard normal)
     or `"unit"` (the unit vectors `e_1, ..., e_n`; needs `num_probes == n`, no
     `key`). Every kind satisfies `E[z z^T] = I` (for `"unit"`, up to the
-    factor `n`, which the estimators account for).
+    factor `n`, which the estimators account for). For a complex `dtype` the
+    entries are real (Rademacher or standard normal) stored in that dtype:
+    real probes have `E[z z^H] = I` too, so they serve complex operators.
 
     Examples
     --------
@@ -70,9 +72,13 @@ def sample_probes(
             raise ValueError(msg)
         return jnp.eye(n, dtype=dtype)
     check_random_key(key, probes)
+    # Real entries, also for complex dtypes (real dtypes pass through as given).
+    real = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
     if probes == "rademacher":
-        return jax.random.rademacher(key, (num_probes, n), dtype=dtype)
-    return jax.random.normal(key, (num_probes, n), dtype=dtype)
+        Z = jax.random.rademacher(key, (num_probes, n), dtype=real)
+    else:
+        Z = jax.random.normal(key, (num_probes, n), dtype=real)
+    return Z.astype(dtype)
 
 
 def check_random_key(key, probes):
@@ -95,8 +101,18 @@ class Options(NamedTuple):
 
 
 def check_options(method, probes, num_probes, n, dtype=float, *, chunk_size=None):
-    """Validate the options of an estimator of an operator of size `n`."""
+    """Validate the options of an estimator of an operator of size `n`.
+
+    Complex operators (`dtype` complex) take `method="hutchinson"` only: the
+    sketches of Hutch++ and XTrace assume a real symmetric `F`.
+    """
     method = _checks.check_choice(method, "method", METHODS)
+    if method != "hutchinson" and jnp.issubdtype(dtype, jnp.complexfloating):
+        msg = (
+            f'`method="{method}"` supports real dtypes only; got {jnp.dtype(dtype)}. '
+            'For complex operators use `method="hutchinson"`.'
+        )
+        raise ValueError(msg)
     probes = _checks.check_choice(probes, "probes", PROBES)
     divisor = DIVISOR[method]
     is_int = isinstance(num_probes, int) and not isinstance(num_probes, bool)
@@ -180,15 +196,16 @@ def mean_and_std_error(samples, deterministic: bool = False):
     """Sample mean over the leading axis and its standard error.
 
     The standard error is `0` for deterministic samples and `inf` for a
-    single random one.
+    single random one; it is real (from `|x - mean|^2`) for complex samples.
     """
     m = samples.shape[0]
     mean = jnp.mean(samples, axis=0)
+    real = jnp.finfo(mean.dtype).dtype  # a real standard error, also for complex
     if deterministic:
-        return mean, jnp.zeros_like(mean)
+        return mean, jnp.zeros(mean.shape, real)
     if m == 1:
-        return mean, jnp.full_like(mean, jnp.inf)
-    var = jnp.sum((samples - mean) ** 2, axis=0) / (m - 1)
+        return mean, jnp.full(mean.shape, jnp.inf, real)
+    var = jnp.sum(jnp.abs(samples - mean) ** 2, axis=0) / (m - 1)
     return mean, jnp.sqrt(var / m)
 
 

@@ -128,6 +128,10 @@ def extreme(
         The start vector (array or pytree). A random vector is a good choice;
         it must not be orthogonal to the wanted eigenvectors. With
         `block=True`, `p` start vectors along a leading axis (shape `(p, n)`).
+        Floating or complex dtypes: for a complex (Hermitian) operator the
+        eigenvalues and residual norms are real and the eigenvectors complex
+        (each up to a phase); `gradient="adjoint"` is then real-only (its
+        backward pass raises), use `gradient="autodiff"`.
     num_eigenpairs
         Number of eigenpairs `k`, a static int with `1 <= k <= depth`.
     depth
@@ -183,13 +187,14 @@ def extreme(
     gradient = _checks.check_gradient(gradient, allowed=("adjoint", "autodiff"))
     if block:
         return _extreme_block(matvec, v0, num_eigenpairs, depth, which, tol, throw)
-    _, op = _flat.flatten(matvec, v0, name="v0")
+    _, op = _flat.flatten(matvec, v0, name="v0", complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     k = _checks.check_int(num_eigenpairs, "num_eigenpairs", maximum=depth)
     res = decomp.lanczos(matvec, v0, depth=depth, gradient=gradient, throw=False)
     failed = res.status != Status.OK
     # Keep eigh away from NaN (zero or non-finite v0); the outputs become NaN.
-    T = jnp.where(failed, jnp.eye(depth, dtype=op.dtype), res.tridiag())
+    # T is real also for a complex (Hermitian) operator.
+    T = jnp.where(failed, jnp.eye(depth, dtype=res.diag.dtype), res.tridiag())
     Q = jax.vmap(lambda q: jax.flatten_util.ravel_pytree(q)[0])(res.basis)
     theta, S = jnp.linalg.eigh(T)
     if which == "largest":
@@ -219,7 +224,7 @@ def _extreme_block(matvec, V0, num_eigenpairs, depth, which, tol, throw):
         msg = "Every leaf of `v0` must have the same leading axis (the start vectors)."
         raise ValueError(msg)
     first = jax.tree_util.tree_map(lambda x: x[0], V0)
-    _, op = _flat.flatten(matvec, first, name="v0[0]")
+    _, op = _flat.flatten(matvec, first, name="v0[0]", complex_ok=True)
     n = op.size
     depth = _checks.check_int(depth, "depth", maximum=max(n // p, 1))
     k = _checks.check_int(num_eigenpairs, "num_eigenpairs", maximum=depth * p)
@@ -231,8 +236,8 @@ def _extreme_block(matvec, V0, num_eigenpairs, depth, which, tol, throw):
     failed = empty | ~finite
     basis = jnp.where(failed, 0, basis)
     images = jnp.where(failed, 0, images)
-    T = basis @ images.T
-    T = 0.5 * (T + T.T)
+    T = jnp.conj(basis) @ images.T  # <b_i, A b_j>, Hermitian
+    T = 0.5 * (T + jnp.conj(T.T))
     # Deflated (zero) basis rows give spurious zero Ritz values: move them to
     # the far end of the spectrum, away from the wanted one.
     far = 1 + 2 * jnp.max(jnp.abs(T))
@@ -277,7 +282,7 @@ def _block_lanczos(op, V, depth):
 
     def orthonormalise(W, basis):
         for _ in range(2):
-            W = W - (W @ basis.T) @ basis
+            W = W - (W @ jnp.conj(basis.T)) @ basis
         norms = _flat.safe_norm(W)
         Q, R = jnp.linalg.qr(W.T)
         scale = jnp.maximum(jnp.max(norms), jnp.finfo(V.dtype).tiny)
@@ -333,7 +338,9 @@ def spectral_density(
     matvec
         A JAX-traceable callable `v -> A v` of a symmetric operator.
     like
-        A vector (array or pytree) like the ones `matvec` accepts.
+        A vector (array or pytree) like the ones `matvec` accepts; floating or
+        complex dtypes (a Hermitian operator: real nodes, weights and density;
+        real probes).
     key
         A `jax.random` key for the probes.
     depth
@@ -376,7 +383,8 @@ def spectral_density(
     True
     """
     _checks.check_callable(matvec)
-    _, op = _flat.flatten(matvec, like, name="like")
+    _, op = _flat.flatten(matvec, like, name="like", complex_ok=True)
+    real = _flat.real_dtype(op.dtype)  # nodes, weights, grid: real also for complex
     n = op.size
     depth = _checks.check_depth(depth, n)
     num_probes = _checks.check_int(num_probes, "num_probes")
@@ -386,7 +394,7 @@ def spectral_density(
         num_points = _checks.check_int(grid, "grid", minimum=2)
     else:
         num_points = None
-        grid = jnp.asarray(grid, op.dtype)
+        grid = jnp.asarray(grid, real)
         if grid.ndim != 1:
             msg = f"`grid` must be an int or a 1-D array of points; got shape {grid.shape}."
             raise ValueError(msg)
@@ -394,13 +402,13 @@ def spectral_density(
     res = decomp.lanczos(op, Z, depth=depth, batched=True, throw=False)
     finite = jnp.all(res.status == Status.OK)
     # Keep the (batched) eigh away from NaN; the density becomes NaN below.
-    T = jnp.where(finite, res.tridiag(), jnp.eye(depth, dtype=op.dtype))
+    T = jnp.where(finite, res.tridiag(), jnp.eye(depth, dtype=real))
     nodes, S = jnp.linalg.eigh(T)
     weights = (res.init_norm**2 / n)[:, None] * S[:, 0, :] ** 2
     lo, hi = jnp.min(nodes), jnp.max(nodes)
     if smoothing is None:
-        smoothing = 0.01 * jnp.maximum(hi - lo, jnp.finfo(op.dtype).tiny ** 0.5)
-    smoothing = jnp.asarray(smoothing, op.dtype)
+        smoothing = 0.01 * jnp.maximum(hi - lo, jnp.finfo(real).tiny ** 0.5)
+    smoothing = jnp.asarray(smoothing, real)
     if num_points is not None:
         grid = jnp.linspace(lo - 3 * smoothing, hi + 3 * smoothing, num_points)
     u = (grid[:, None] - nodes.reshape(-1)[None, :]) / smoothing

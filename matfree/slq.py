@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matfree import _checks, _dense, _eager, _estimators, _flat, decomp, status
+from matfree import _checks, _dense, _eager, _estimators, _flat, decomp, solvers, status
 
 __all__ = ["SLQEstimate", "logdet", "trace_funm"]
 
@@ -110,10 +110,16 @@ def trace_funm(
         A scalar function applied to eigenvalues, e.g. `jnp.log`, `jnp.exp`,
         `lambda x: x ** 2`. It must be differentiable (for gradients).
     matvec
-        A JAX-traceable callable `v -> A v` of a symmetric operator.
-        Gradients reach every array it closes over.
+        A JAX-traceable callable `v -> A v` of a symmetric operator
+        (Hermitian for complex dtypes). Gradients reach every array it
+        closes over.
     like
-        A vector (array or pytree) like the ones `matvec` accepts.
+        A vector (array or pytree) like the ones `matvec` accepts: float32,
+        float64, complex64 or complex128. For a Hermitian complex operator
+        the Lanczos tridiagonal matrix is real, so the estimate is real (for
+        a real `f`); the probes are real (`E[z z^H] = I`), `method` must be
+        `"hutchinson"`, and gradients need `gradient="autodiff"` (see the
+        docs page "Complex numbers").
     key
         A `jax.random` key for the probes (`None` only with `probes="unit"`).
     depth
@@ -160,9 +166,10 @@ def trace_funm(
         `status = 3` (`NOT_POSITIVE_DEFINITE`; used by `logdet`).
     gradient
         `"adjoint"` (default): reverse mode through the Lanczos adjoint
-        (memory independent of `depth`; `jax.jvp` raises). `"autodiff"`: JAX
-        differentiates through the Lanczos loop (forward mode and higher
-        derivatives too; memory grows with `depth`).
+        (memory independent of `depth`; `jax.jvp` raises; real dtypes only:
+        for complex ones the backward pass raises a `NotImplementedError`).
+        `"autodiff"`: JAX differentiates through the Lanczos loop (forward
+        mode and higher derivatives too; memory grows with `depth`).
     throw
         If `True` (default), a non-zero status raises (via
         `matfree.status.error_if`, attached to every field of the result, also
@@ -254,7 +261,7 @@ def trace_funm(
     gradient = _checks.check_gradient(gradient)
     if precond is not None:
         matvec = _preconditioned(matvec, precond)
-    _, op = _flat.flatten(matvec, like, name="like")
+    _, op = _flat.flatten(matvec, like, name="like", complex_ok=True)
     depth = _checks.check_depth(depth, op.size)
     options = _estimators.check_options(
         method, probes, num_probes, op.size, op.dtype, chunk_size=chunk_size
@@ -369,9 +376,12 @@ def logdet(
     Parameters
     ----------
     matvec
-        A JAX-traceable callable `v -> A v` of an SPD operator.
+        A JAX-traceable callable `v -> A v` of an SPD operator (Hermitian
+        positive definite for complex dtypes; the log-determinant is real).
     like
-        A vector (array or pytree) like the ones `matvec` accepts.
+        A vector (array or pytree) like the ones `matvec` accepts: float32,
+        float64, complex64 or complex128 (complex: `method="hutchinson"`,
+        real probes, and `gradient="autodiff"` or `"hutchinson"`).
     key
         A `jax.random` key (`None` only with `probes="unit"`).
     depth
@@ -402,8 +412,16 @@ def logdet(
         has a better-conditioned spectrum near 1, so both the quadrature error
         and the variance shrink. E.g. `matfree.precond`.
     gradient
-        `"adjoint"` (default, the Lanczos adjoint, reverse mode) or
-        `"autodiff"` (through the loop; forward mode too). See `trace_funm`.
+        `"adjoint"` (default, the Lanczos adjoint, reverse mode; real dtypes
+        only), `"autodiff"` (through the loop; forward mode too; see
+        `trace_funm`) or `"hutchinson"`: the stochastic estimate
+        `d log det A = tr(A^{-1} dA) ≈ mean_i (A^{-1} z_i)^H dA z_i` with the
+        same probes `z_i` as the value's Hutchinson average and one batched CG
+        solve `A^{-1} z_i` (`matfree.solve`, default `rtol`, no
+        preconditioner; a failed solve sets `status = 1`, `NOT_CONVERGED`).
+        The value is the one of `gradient="adjoint"`; the gradient is
+        unbiased up to the CG tolerance (not the derivative of the Lanczos
+        estimate), and every autodiff mode works. Real and complex dtypes.
     throw
         If `True` (default), raise on a non-SPD operator or non-finite values;
         with `False`, inspect `status` (`3` not SPD, `4` non-finite).
@@ -442,7 +460,9 @@ def logdet(
     >>> bool(jnp.abs(est.value - ref) < 4 * est.std_error)
     True
     """
-    return trace_funm(
+    gradient = _checks.check_gradient(gradient, GRADIENTS_LOGDET)
+    inner = "autodiff" if gradient == "hutchinson" else gradient
+    est = trace_funm(
         jnp.log,
         matvec,
         like,
@@ -454,9 +474,39 @@ def logdet(
         chunk_size=chunk_size,
         precond=precond,
         positive=True,
-        gradient=gradient,
-        throw=throw,
+        gradient=inner,
+        throw=throw and gradient != "hutchinson",
     )
+    if gradient != "hutchinson":
+        return est
+    return _hutchinson_gradient(est, matvec, like, key, num_probes, probes, throw)
+
+
+GRADIENTS_LOGDET = ("adjoint", "autodiff", "hutchinson")
+
+
+def _hutchinson_gradient(est, matvec, like, key, num_probes, probes, throw):
+    """Attach the gradient `mean_i Re (A^{-1} z_i)^H dA z_i` to a stopped value."""
+    est = est._replace(
+        value=jax.lax.stop_gradient(est.value),
+        std_error=jax.lax.stop_gradient(est.std_error),
+        samples=jax.lax.stop_gradient(est.samples),
+    )
+    _, op = _flat.flatten(matvec, like, name="like", complex_ok=True)
+    Z = _estimators.sample_probes(key, num_probes, op.size, probes=probes, dtype=op.dtype)
+    sol = solvers.solve(lambda x: op(x), Z, method="cg", batched=True, throw=False)
+    W = jax.lax.stop_gradient(sol.value)
+    scale = op.size / num_probes if probes == "unit" else 1.0 / num_probes
+    surrogate = scale * jnp.real(jnp.sum(jnp.conj(W) * jax.vmap(op)(Z)))
+    value = est.value + (surrogate - jax.lax.stop_gradient(surrogate))
+    solved = jnp.all(sol.status == status.Status.OK)
+    code = status.first(
+        (est.status != status.Status.OK, est.status),
+        (~solved, status.Status.NOT_CONVERGED),
+    )
+    value = jnp.where(code != status.Status.OK, jnp.nan, value)
+    result = est._replace(value=value, status=code)
+    return status.error_if(result, code) if throw else result
 
 
 def _preconditioned(matvec, precond):

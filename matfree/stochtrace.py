@@ -105,7 +105,10 @@ def trace(
         semi-definite) `A`; `"hutchinson"` works for any square `A`.
     like
         A vector (array or pytree) with the structure, shape and dtype that
-        `matvec` accepts. Only its structure is used.
+        `matvec` accepts. Only its structure is used. Floating or complex
+        dtypes; for a complex operator the trace is complex, the probes are
+        real (unbiased: `E[z z^T] = I`) and `method="hutchinson"` is required
+        (see the docs page "Complex numbers").
     key
         A `jax.random` key for the probes (`None` only with `probes="unit"`).
     num_probes
@@ -168,7 +171,7 @@ def trace(
     True
     """
     _checks.check_callable(matvec)
-    _, op = _flat.flatten(matvec, like, name="like")
+    _, op = _flat.flatten(matvec, like, name="like", complex_ok=True)
     options = _estimators.check_options(method, probes, num_probes, op.size, op.dtype)
     mv = jax.vmap(op)  # one batched matvec per block of probes
 
@@ -208,7 +211,8 @@ def diagonal(
     matvec
         A JAX-traceable callable `v -> A v`.
     like
-        A vector (array or pytree) like the ones `matvec` accepts.
+        A vector (array or pytree) like the ones `matvec` accepts; floating or
+        complex dtypes (complex operators: real probes, complex diagonal).
     key
         A `jax.random` key (`None` only with `probes="unit"`).
     num_probes
@@ -245,7 +249,7 @@ def diagonal(
     Array([1., 2., 3., 4.], dtype=float64)
     """
     _checks.check_callable(matvec)
-    _, op = _flat.flatten(matvec, like, name="like")
+    _, op = _flat.flatten(matvec, like, name="like", complex_ok=True)
     options = _estimators.check_options("hutchinson", probes, num_probes, op.size)
     probes, num_probes = options.probes, options.num_probes
     Z = sample_probes(key, num_probes, op.size, probes=probes, dtype=op.dtype)

@@ -280,8 +280,8 @@ def test_dtype_errors():
     with pytest.raises(TypeError, match="`b` must have a floating or complex dtype"):
         matfree.solve(lambda x: x, jnp.ones(3, int))
     with pytest.raises(TypeError, match="Complex dtypes are supported by `solve`"):
-        matfree.trace(
-            lambda x: x, jnp.zeros(3, complex), key=jax.random.PRNGKey(0), num_probes=2
+        matfree.precond.nystrom(
+            lambda x: x, jnp.zeros(3, complex), key=jax.random.PRNGKey(0), rank=1
         )
     with pytest.raises(TypeError, match="changed the dtype"):
         matfree.solve(lambda x: GEN @ x, jnp.ones(N))

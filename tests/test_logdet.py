@@ -332,11 +332,6 @@ def _mv(v):
         ({"num_probes": 0}, ValueError, "`num_probes` must be at least 1"),
         ({"chunk_size": 0}, ValueError, "`chunk_size` must be at least 1 and at most 4"),
         ({"chunk_size": 5}, ValueError, "`chunk_size` must be at least 1 and at most 4"),
-        (
-            {"gradient": "hutchinson"},
-            ValueError,
-            "`gradient='hutchinson'` is not available",
-        ),
         ({"gradient": "custom"}, ValueError, "`gradient` must be one of"),
         ({"probes": "unit"}, ValueError, "needs `num_probes` == n = 10"),
         ({"probes": "sobol"}, ValueError, "`probes` must be one of"),

@@ -293,7 +293,7 @@ def test_like_must_match_operator():
         matfree.trace(
             lambda v: A @ v, jnp.zeros(4), key=jax.random.PRNGKey(0), num_probes=2
         )
-    with pytest.raises(TypeError, match="`like` must have a real floating dtype"):
+    with pytest.raises(TypeError, match="`like` must have a floating or complex dtype"):
         matfree.trace(_mv, jnp.zeros(4, int), key=jax.random.PRNGKey(0), num_probes=2)
     with pytest.raises(TypeError, match="`matvec` must be a callable"):
         matfree.trace(A, jnp.zeros(5), key=jax.random.PRNGKey(0), num_probes=2)
