@@ -61,19 +61,6 @@ def eigvec_condition(H: jax.Array) -> jax.Array:
     return (s[..., 0] / s[..., -1]).astype(jnp.finfo(H.dtype).dtype)
 
 
-def _divided_differences_complex(f, w):
-    wi, wj = w[..., :, None], w[..., None, :]
-    gap = wi - wj
-    scale = jnp.maximum(jnp.max(jnp.abs(w), axis=-1, keepdims=True)[..., None], 1.0)
-    eps = jnp.finfo(w.dtype).eps
-    tie = jnp.abs(gap) <= jnp.sqrt(eps) * scale
-    safe_gap = jnp.where(tie, 1.0, gap)
-    diff = (f(wi) - f(wj)) / safe_gap
-    mid = (wi + wj) / 2
-    _, fprime = jax.jvp(f, (mid,), (jnp.ones_like(mid),))
-    return jnp.where(tie, fprime, diff)
-
-
 @_funm_diag.defjvp
 def _funm_diag_jvp(f, primals, tangents):
     (H, consts), (dH, dconsts) = primals, tangents
@@ -82,7 +69,7 @@ def _funm_diag_jvp(f, primals, tangents):
     fw, dfw = jax.jvp(lambda c: f(w, c), (consts,), (dconsts,))
     out = _like(H, (V * fw[..., None, :]) @ Vinv)
     fx = functools.partial(_with_consts, f, consts)
-    inner = _divided_differences_complex(fx, w) * (Vinv @ dH.astype(V.dtype) @ V)
+    inner = _divided_differences(fx, w, w) * (Vinv @ dH.astype(V.dtype) @ V)
     inner = inner + jnp.eye(w.shape[-1], dtype=w.dtype) * dfw[..., None, :]
     return out, _like(H, V @ inner @ Vinv)
 
@@ -107,16 +94,17 @@ def frechet_block(f, G, K):
     mu, X = jnp.linalg.eig(G)
     theta, Y = jnp.linalg.eig(K)
     Xinv, Yinv = jnp.linalg.inv(X), jnp.linalg.inv(Y)
-    F = _divided_differences_between_complex(f, mu, theta)
+    F = _divided_differences(f, mu, theta)
     inner = F * (Xinv[:, 0][:, None] * Y[0][None, :])
     return _like(G, X @ inner @ Yinv)
 
 
-def _divided_differences_between_complex(f, u, w):
-    ui, wj = u[:, None], w[None, :]
+def _divided_differences(f, u, w):
+    """`F_ij = (f(u_i) - f(w_j)) / (u_i - w_j)`, `f'` at (near) ties; leading axes batch."""
+    ui, wj = u[..., :, None], w[..., None, :]
     gap = ui - wj
-    top = jnp.maximum(jnp.max(jnp.abs(u)), jnp.max(jnp.abs(w)))
-    scale = jnp.maximum(top, 1.0)
+    top = jnp.maximum(jnp.max(jnp.abs(u), axis=-1), jnp.max(jnp.abs(w), axis=-1))
+    scale = jnp.maximum(top, 1.0)[..., None, None]
     tie = jnp.abs(gap) <= jnp.sqrt(jnp.finfo(u.dtype).eps) * scale
     safe_gap = jnp.where(tie, 1.0, gap)
     diff = (f(ui) - f(wj)) / safe_gap

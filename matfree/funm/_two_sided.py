@@ -313,17 +313,23 @@ def _adjoint_pieces(fn, params, depth, Q, H, c, ybar, tau, m):
     k = H.shape[0]
     dt = tau / m
     transposed = _transposed(fn, params, ybar)
-    z, rows, total = ybar, jnp.zeros_like(Q), jnp.zeros((), _flat.real_dtype(ybar.dtype))
-    for j in range(m):
+    e_1 = jnp.zeros(k, H.dtype).at[0].set(1.0)
+
+    # One compiled piece, scanned (backwards in time from the end of the substep).
+    def piece(carry, j):
+        z, rows, total = carry
         a = tau - (j + 1) * dt
-        u_a = _expm_e1(a * H) if j < m - 1 else jnp.zeros(k, H.dtype).at[0].set(1.0)
+        u_a = jnp.where(j < m - 1, _expm_e1(a * H), e_1)
         P, G, s, cbar = _arnoldi(transposed, z, depth)
         total = total + safe_norm(s) * dt * jnp.abs(phi1_last(dt * G))
         E = jnp.zeros((k, k), H.dtype).at[0, :].set(u_a)
         Z = jnp.block([[G, E], [jnp.zeros_like(G), H.T]])
         W = c * cbar * jax.scipy.linalg.expm(dt * Z)[:k, k:]
-        rows = rows + W.T @ P
         z = cbar * (P.T @ _expm_e1(dt * G))
+        return (z, rows + W.T @ P, total), None
+
+    init = (ybar, jnp.zeros_like(Q), jnp.zeros((), _flat.real_dtype(ybar.dtype)))
+    (z, rows, total), _ = jax.lax.scan(piece, init, jnp.arange(m))
     return z, rows, total
 
 
