@@ -167,9 +167,8 @@ def _hutchpp(quadform, action, key, n, dtype, probes, num_probes):
     S = sample_probes(key_s, k, n, probes=probes, dtype=dtype)
     G = sample_probes(key_g, num_probes - 2 * k, n, probes=probes, dtype=dtype)
     Y, _, aux_sketch = action(S)
-    Q, _ = jnp.linalg.qr(Y.T)  # (n, k); differentiable
-    Qt = Q.T
-    Gp = G - (G @ Q) @ Qt  # projected probes (I - QQ^T) g, as rows
+    Qt, _ = qr_rows(Y)  # (k, n)
+    Gp = G - (G @ Qt.T) @ Qt  # projected probes (I - QQ^T) g, as rows
     values, aux = quadform(jnp.concatenate([Qt, Gp]))
     samples = values[k:]
     mean, se = mean_and_std_error(samples)
@@ -181,8 +180,7 @@ def _xtrace(_quadform, action, key, n, dtype, probes, num_probes):
     s = num_probes // 2
     Om = sample_probes(check_random_key(key, probes), s, n, probes=probes, dtype=dtype)
     Y, d, aux_sketch = action(Om)  # F omega_i (rows) and omega_i^T F omega_i
-    Q, R = jnp.linalg.qr(Y.T)  # (n, s); differentiable
-    Qt = Q.T
+    Qt, R = qr_rows(Y)  # (s, n)
     Z, h, aux = action(Qt)  # F q_j (rows) and q_j^T F q_j
     H = Qt @ Z.T
     H = (H + H.T) / 2
@@ -190,6 +188,37 @@ def _xtrace(_quadform, action, key, n, dtype, probes, num_probes):
     samples = xtrace_loo(R, Qt @ Om.T, H, Om @ Z.T, d)
     mean, se = mean_and_std_error(samples)
     return Estimate(mean, se, samples, 2 * s, [aux_sketch, aux])
+
+
+def qr_rows(Y):
+    """Thin QR of the tall matrix `Y^T` from its rows `Y` (k, n): `(Q^T, R)`.
+
+    Classical Gram-Schmidt with one reorthogonalisation ("twice is enough",
+    Giraud et al. 2005): orthonormal to rounding, positive diagonal in `R`,
+    differentiable by autodiff. It needs nothing but inner products, so a
+    sketch sharded along `n` stays sharded (each product is an all-reduce of
+    k numbers), where LAPACK's Householder QR would gather the sketch onto
+    one device. A column in the span of the previous ones gets the direction
+    of its rounding residual (as Householder does); an exactly zero one, a
+    zero row of `Q^T` and a zero pivot.
+    """
+    k = Y.shape[0]
+
+    def step(j, carry):
+        Qt, R = carry
+        y = Y[j]
+        c1 = jnp.conj(Qt) @ y  # rows >= j of Qt are still zero
+        y = y - c1 @ Qt
+        c2 = jnp.conj(Qt) @ y
+        y = y - c2 @ Qt
+        r = jnp.sqrt(jnp.sum(jnp.abs(y) ** 2))
+        ok = r > 0
+        q = jnp.where(ok, y / jnp.where(ok, r, 1), 0)
+        R = R.at[:, j].set((c1 + c2).at[j].set(r.astype(R.dtype)))
+        return Qt.at[j].set(q), R
+
+    init = (jnp.zeros_like(Y), jnp.zeros((k, k), Y.dtype))
+    return jax.lax.fori_loop(0, k, step, init)
 
 
 def mean_and_std_error(samples, deterministic: bool = False):

@@ -299,3 +299,32 @@ def test_like_must_match_operator():
         matfree.trace(A, jnp.zeros(5), key=jax.random.PRNGKey(0), num_probes=2)
     with pytest.raises(ValueError, match="`num_probes` must be at least 1"):
         stochtrace.diagonal(_mv, jnp.zeros(5), key=jax.random.PRNGKey(0), num_probes=0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.complex128])
+def test_sketch_qr_is_a_thin_qr(dtype):
+    # The sketch's QR uses inner products only (it stays sharded on a mesh);
+    # it must be a QR to rounding also for ill-conditioned and rank-deficient
+    # sketches: columns 1..3 span 2 dimensions, column 4 is zero, and the
+    # singular values of the rest spread over 1e-6..1.
+    from matfree._estimators import qr_rows
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+    Y = jax.random.normal(k1, (7, 50))
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        Y = Y + 1j * jax.random.normal(k2, (7, 50))
+    Y = Y * jnp.logspace(0, -6, 7)[:, None]
+    Y = Y.at[2].set(Y[0] - 3 * Y[1]).at[4].set(0).astype(dtype)
+    Qt, R = jax.jit(qr_rows)(Y)
+    eps = jnp.finfo(dtype).eps
+    assert Qt.dtype == R.dtype == dtype
+    assert jnp.allclose(jnp.triu(R), R)
+    assert jnp.linalg.norm(R.T @ Qt - Y) <= 10 * eps * jnp.linalg.norm(Y)
+    gram = jnp.conj(Qt) @ Qt.T
+    ones = jnp.ones(7).at[4].set(0)  # the zero column gets a zero row
+    assert jnp.linalg.norm(gram - jnp.diag(ones)) <= 20 * eps
+    # Full rank: the same factorisation as LAPACK's up to the signs of the rows.
+    full = jnp.array([0, 1, 3, 5, 6])
+    _, R = jax.jit(qr_rows)(Y[full])
+    ref = jnp.linalg.qr(Y[full].T)[1]
+    assert jnp.allclose(jnp.abs(R), jnp.abs(ref), rtol=100 * eps, atol=100 * eps)

@@ -92,3 +92,20 @@ def test_a_mesh_that_does_not_divide_the_rows_is_an_error(data):
             precond_rank=8,
             mesh=helpers.mesh(),
         )
+
+
+def test_fit_and_sample_prior_equal_the_unsharded(data):
+    X, y, p = data
+    sX, sy = helpers.shard(X, P("data", None)), helpers.shard(y)
+    opts = {"key": jax.random.PRNGKey(5), "num_steps": 3, "progress": False}
+    opts |= {"num_probes": 4, "depth": 8, "precond_rank": 8, "rows_per_block": 8}
+    one = gp.fit(p, X, y, **opts)
+    four = gp.fit(p, sX, sy, mesh=helpers.mesh(), **opts)
+    np.testing.assert_allclose(four.losses, one.losses, rtol=1e-10)
+    for k in p:
+        np.testing.assert_allclose(four.params[k], one.params[k], rtol=1e-8, err_msg=k)
+    kw = {"key": jax.random.PRNGKey(6), "num_samples": 2, "depth": 20, "rows_per_block": 8}
+    one = gp.sample_prior(p, X, **kw)
+    four = gp.sample_prior(p, sX, mesh=helpers.mesh(), **kw)
+    np.testing.assert_allclose(four.value, one.value, rtol=1e-8, atol=1e-10)
+    assert helpers.is_sharded(four.value, 1)

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import matfree
-from matfree import decomp, eig
+from matfree import decomp, eig, stochtrace
 from tests.sharded import helpers
 
 helpers.require_mesh()
@@ -41,6 +41,15 @@ def verbs(matvec, b):
     out["funm_action"] = matfree.funm_action(jnp.log, matvec, b, depth=DEPTH).value
     out["exp_action"] = matfree.exp_action(matvec, -0.1 * b, depth=DEPTH).value
     out["logdet"] = matfree.logdet(matvec, b, key=key, depth=DEPTH, num_probes=4).value
+    out["sqrt_action"] = matfree.sqrt_action(matvec, b, depth=DEPTH).value
+    out["trace"] = matfree.trace(matvec, b, key=key, num_probes=4).value
+    out["trace_funm"] = matfree.trace_funm(
+        jnp.sqrt, matvec, b, key=key, depth=DEPTH, num_probes=4
+    ).value
+    out["trace_hutchpp"] = matfree.trace(
+        matvec, b, key=key, num_probes=6, method="hutch++"
+    ).value
+    out["diagonal"] = stochtrace.diagonal(matvec, b, key=key, num_probes=4).value
     # Close eigenvalues: not converged at this depth, the same in both runs.
     eigs = eig.extreme(matvec, b, num_eigenpairs=2, depth=20, throw=False)
     out["eig_status"] = eigs.status
@@ -55,7 +64,9 @@ def losses(diag, b):
     key = jax.random.PRNGKey(1)
     ld = matfree.logdet(mv, b, key=key, depth=DEPTH, num_probes=4).value
     x = matfree.solve(mv, b, method="cg", rtol=1e-10).value
-    return ld + jnp.sum(x**2)
+    s = matfree.sqrt_action(mv, b, depth=DEPTH).value
+    tf = matfree.trace_funm(jnp.sqrt, mv, b, key=key, depth=DEPTH, num_probes=4).value
+    return ld + jnp.sum(x**2) + jnp.sum(s * b) + tf
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +94,8 @@ def test_stencil_values_equal_the_single_device_values(stencil_runs):
 
 def test_stencil_outputs_stay_sharded(stencil_runs):
     _, sharded, _ = stencil_runs
-    for name in ("cg", "minres", "gmres", "funm_action", "exp_action"):
+    vectors = ("cg", "minres", "gmres", "funm_action", "exp_action", "sqrt_action")
+    for name in (*vectors, "diagonal"):
         assert helpers.is_sharded(sharded[name], 0), name
     for name in ("lanczos", "arnoldi", "eigenvectors"):
         assert sharded[name].shape[1] == N
