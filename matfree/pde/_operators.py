@@ -9,7 +9,7 @@ two-point flux), and on a boundary face the value of the adjacent node.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -142,10 +142,14 @@ def diffusion(k, *, mesh=None):
     return matvec
 
 
-def _check_mesh(mesh, ny):
+def _check_mesh_type(mesh):
     if not isinstance(mesh, jax.sharding.Mesh):
         msg = f"`mesh` must be a jax.sharding.Mesh (e.g. jax.make_mesh); got {mesh!r}."
         raise TypeError(msg)
+
+
+def _check_mesh(mesh, ny):
+    _check_mesh_type(mesh)
     if len(mesh.axis_names) != 1 or ny % mesh.size:
         msg = (
             "`mesh` must have one axis whose size divides the grid's rows; got axes "
@@ -317,6 +321,14 @@ class Operator(eqx.Module):
 class Diffusion(Operator):
     """`div(k grad u)`, zero Dirichlet (the default of `solve`; Lanczos path).
 
+    Attributes
+    ----------
+    mesh
+        Optional `jax.sharding.Mesh` with one axis: the grid's rows are split
+        over its devices with a halo exchange (see `diffusion`), so
+        `solve(..., operator=Diffusion(mesh=mesh))`, `misfit` and `invert`
+        run sharded (`docs/sharding.md`).
+
     Examples
     --------
     >>> import jax.numpy as jnp
@@ -324,10 +336,20 @@ class Diffusion(Operator):
     True
     """
 
+    mesh: Any = eqx.field(default=None, static=True)
     symmetric: ClassVar[bool] = True
 
+    def __check_init__(self):
+        if self.mesh is not None:
+            _check_mesh_type(self.mesh)
+
     def __call__(self, k):
-        return diffusion(k)
+        return diffusion(k, mesh=self.mesh)
+
+    def check(self, k) -> None:
+        """Check that the mesh, if any, divides the grid's rows."""
+        if self.mesh is not None:
+            _check_mesh(self.mesh, jnp.shape(k)[0])
 
     def spectral_bound(self, k):
         """Gershgorin bound, see `matfree.pde.spectral_bound`."""

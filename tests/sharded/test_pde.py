@@ -1,4 +1,6 @@
-"""`pde.diffusion(k, mesh=)`: the stencil with a halo exchange equals the unsharded one.
+"""`pde.diffusion(k, mesh=)`, `pde.solve(..., operator=pde.Diffusion(mesh=))`.
+
+The stencil with a halo exchange equals the unsharded one.
 
 The grid's rows are split over 4 host devices; each device exchanges one
 row of `u` and of `k` with each neighbour (`jax.lax.ppermute`).
@@ -10,7 +12,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import matfree
 from matfree import pde
 from tests.sharded import helpers
 
@@ -24,9 +25,9 @@ def test_matvec_solution_and_gradient_equal_the_unsharded():
     u0 = jnp.cos(jnp.arange(128.0) / 5).reshape(SHAPE)
 
     def program(k, u0, mesh):
-        mv = pde.diffusion(k, mesh=mesh)
-        u = matfree.exp_action(mv, u0, t=1e-3, depth=12, num_substeps=2).value
-        return jnp.sum(u**2), (mv(u0), u)
+        op = pde.Diffusion(mesh=mesh)
+        u = pde.solve(k, u0, 1e-3, depth=12, num_substeps=2, operator=op).value
+        return jnp.sum(u**2), (pde.diffusion(k, mesh=mesh)(u0), u)
 
     def both(mesh):
         def f(k, u0):
@@ -55,3 +56,8 @@ def test_the_mesh_must_divide_the_rows():
         pde.diffusion(k, mesh=helpers.mesh())
     with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
         pde.diffusion(k, mesh="data")
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
+        pde.Diffusion(mesh="data")
+    op = pde.Diffusion(mesh=helpers.mesh())
+    with pytest.raises(ValueError, match="one axis whose size divides the grid's rows"):
+        pde.solve(k, k, 0.1, depth=4, operator=op)
