@@ -34,7 +34,7 @@ def verbs(matvec, b):
     """One program with every verb (one compilation for all of them)."""
     key = jax.random.PRNGKey(0)
     out = {}
-    for method in ("cg", "minres", "gmres"):
+    for method in ("cg", "minres", "gmres", "bicgstab", "gcr", "lsqr"):
         out[method] = matfree.solve(matvec, b, method=method, rtol=1e-10).value
     out["lanczos"] = decomp.lanczos(matvec, b, depth=DEPTH).basis
     out["arnoldi"] = decomp.arnoldi(matvec, b, depth=DEPTH).basis
@@ -50,6 +50,8 @@ def verbs(matvec, b):
         matvec, b, key=key, num_probes=6, method="hutch++"
     ).value
     out["diagonal"] = stochtrace.diagonal(matvec, b, key=key, num_probes=4).value
+    density = eig.spectral_density(matvec, b, key=key, depth=DEPTH, num_probes=2)
+    out["density_nodes"], out["density_weights"] = density.nodes, density.weights
     # Close eigenvalues: not converged at this depth, the same in both runs.
     eigs = eig.extreme(matvec, b, num_eigenpairs=2, depth=20, throw=False)
     out["eig_status"] = eigs.status
@@ -94,7 +96,8 @@ def test_stencil_values_equal_the_single_device_values(stencil_runs):
 
 def test_stencil_outputs_stay_sharded(stencil_runs):
     _, sharded, _ = stencil_runs
-    vectors = ("cg", "minres", "gmres", "funm_action", "exp_action", "sqrt_action")
+    vectors = ("cg", "minres", "gmres", "bicgstab", "gcr", "lsqr")
+    vectors += ("funm_action", "exp_action", "sqrt_action")
     for name in (*vectors, "diagonal"):
         assert helpers.is_sharded(sharded[name], 0), name
     for name in ("lanczos", "arnoldi", "eigenvectors"):
