@@ -159,44 +159,81 @@ def _check_mesh(mesh, ny):
     return mesh.axis_names[0]
 
 
-def _sharded_diffusion(k, mesh, hy, hx):
-    shape = k.shape
+def _sharded(local, mesh, shape, *fields):
+    """A grid matvec over the rows of a one-axis mesh: `local(halo, *fields, u)`.
+
+    `local` computes its device's rows of `A u` from its rows of the fields
+    and of `u`; `halo(x, edge)` returns the neighbours' boundary rows of a
+    local array `x` (`jax.lax.ppermute`, one row each way), with `edge(x)`'s
+    rows in their place on the grid's boundary (`None`: zeros).
+    """
     axis = _check_mesh(mesh, shape[0])
     p = mesh.size
     down = [(j, j + 1) for j in range(p - 1)]  # row block j -> j + 1
     up = [(j + 1, j) for j in range(p - 1)]
     rows = jax.sharding.PartitionSpec(axis, None)
 
-    def local(k, u):
-        i = jax.lax.axis_index(axis)
-        # Halo rows: the neighbours' boundary rows (zero where there is none).
-        u_top = jax.lax.ppermute(u[-1:], axis, down)
-        u_bottom = jax.lax.ppermute(u[:1], axis, up)
-        k_top = jax.lax.ppermute(k[-1:], axis, down)
-        k_bottom = jax.lax.ppermute(k[:1], axis, up)
-        # On the grid's boundary the face coefficient is the node's own value,
-        # which is the harmonic mean of the node with itself.
-        k_top = jnp.where(i == 0, k[:1], k_top)
-        k_bottom = jnp.where(i == p - 1, k[-1:], k_bottom)
-        kx = face_coefficients(k)[0]
-        k_ext = jnp.concatenate([k_top, k, k_bottom])
-        ky = _harmonic(k_ext[:-1], k_ext[1:])
-        ux = jnp.pad(u, ((0, 0), (1, 1)))
-        uy = jnp.concatenate([u_top, u, u_bottom])
-        fx = kx * (ux[:, 1:] - ux[:, :-1])
-        fy = ky * (uy[1:, :] - uy[:-1, :])
-        return (fx[:, 1:] - fx[:, :-1]) / hx**2 + (fy[1:, :] - fy[:-1, :]) / hy**2
+    def halo(x, edge=None):
+        top = jax.lax.ppermute(x[-1:], axis, down)
+        bottom = jax.lax.ppermute(x[:1], axis, up)
+        if edge is not None:
+            i = jax.lax.axis_index(axis)
+            top = jnp.where(i == 0, edge(x[:1]), top)
+            bottom = jnp.where(i == p - 1, edge(x[-1:]), bottom)
+        return jnp.concatenate([top, x, bottom])
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows), out_specs=rows)
+    specs = (rows,) * (len(fields) + 1)
+    sharded = jax.shard_map(
+        lambda *a: local(halo, *a), mesh=mesh, in_specs=specs, out_specs=rows
+    )
 
     def matvec(u):
         _check_vector(u, shape)
-        return sharded(k, u)
+        return sharded(*fields, u)
 
     return matvec
 
 
-def advection_diffusion(k, velocity):
+def _own(x):
+    # On the grid's boundary a face takes the node's own value (for `k`, the
+    # harmonic mean of the node with itself; for a velocity, its mean).
+    return x
+
+
+def _local_diffusion(halo, k, u, hy, hx):
+    kx = face_coefficients(k)[0]
+    k_ext = halo(k, _own)
+    ky = _harmonic(k_ext[:-1], k_ext[1:])
+    ux = jnp.pad(u, ((0, 0), (1, 1)))
+    uy = halo(u)
+    fx = kx * (ux[:, 1:] - ux[:, :-1])
+    fy = ky * (uy[1:, :] - uy[:-1, :])
+    return (fx[:, 1:] - fx[:, :-1]) / hx**2 + (fy[1:, :] - fy[:-1, :]) / hy**2
+
+
+def _sharded_diffusion(k, mesh, hy, hx):
+    def local(halo, k, u):
+        return _local_diffusion(halo, k, u, hy, hx)
+
+    return _sharded(local, mesh, k.shape, k)
+
+
+def _sharded_advection_diffusion(k, velocity, mesh, hy, hx):
+    def local(halo, k, bx_nodes, by_nodes, u):
+        bx = _face_mean(bx_nodes, axis=1)
+        by_ext = halo(by_nodes, _own)
+        by = (by_ext[:-1] + by_ext[1:]) / 2
+        ux = jnp.pad(u, ((0, 0), (1, 1)))
+        uy = halo(u)
+        fx = jnp.maximum(bx, 0) * ux[:, :-1] + jnp.minimum(bx, 0) * ux[:, 1:]
+        fy = jnp.maximum(by, 0) * uy[:-1, :] + jnp.minimum(by, 0) * uy[1:, :]
+        adv = (fx[:, 1:] - fx[:, :-1]) / hx + (fy[1:, :] - fy[:-1, :]) / hy
+        return _local_diffusion(halo, k, u, hy, hx) - adv
+
+    return _sharded(local, mesh, k.shape, k, velocity[0], velocity[1])
+
+
+def advection_diffusion(k, velocity, *, mesh=None):
     r"""Return the matvec `u -> div(k grad u) - div(b u)`, zero Dirichlet.
 
     Diffusion as in `diffusion`, plus conservative first-order upwind
@@ -214,6 +251,9 @@ def advection_diffusion(k, velocity):
     velocity
         Velocity field, shape `(2, ny, nx)`: `velocity[0]` is `b_x` (along the
         second axis), `velocity[1]` is `b_y` (along the first axis).
+    mesh
+        Optional `jax.sharding.Mesh` with one axis: the grid's rows are split
+        over its devices with a halo exchange, as in `diffusion`.
 
     Returns
     -------
@@ -236,6 +276,8 @@ def advection_diffusion(k, velocity):
     velocity = check_velocity(velocity, k.shape)
     shape = k.shape
     hy, hx = spacing(shape)
+    if mesh is not None:
+        return _sharded_advection_diffusion(k, velocity, mesh, hy, hx)
     diff = diffusion(k)
     bx = _face_mean(velocity[0], axis=1)
     by = _face_mean(velocity[1], axis=0)
@@ -363,6 +405,9 @@ class AdvectionDiffusion(Operator):
     ----------
     velocity
         Shape `(2, ny, nx)`, see `matfree.pde.advection_diffusion`.
+    mesh
+        Optional one-axis `jax.sharding.Mesh`: the grid's rows over its
+        devices, with a halo exchange (as in `Diffusion`).
 
     Examples
     --------
@@ -373,9 +418,12 @@ class AdvectionDiffusion(Operator):
     """
 
     velocity: jax.Array
+    mesh: Any = eqx.field(default=None, static=True)
     symmetric: ClassVar[bool] = False
 
     def __check_init__(self):
+        if self.mesh is not None:
+            _check_mesh_type(self.mesh)
         v = jnp.asarray(self.velocity)
         if v.ndim != 3 or v.shape[0] != 2:
             msg = (
@@ -385,11 +433,13 @@ class AdvectionDiffusion(Operator):
             raise ValueError(msg)
 
     def __call__(self, k):
-        return advection_diffusion(k, self.velocity)
+        return advection_diffusion(k, self.velocity, mesh=self.mesh)
 
     def check(self, k) -> None:
-        """Check that `velocity` lives on the grid of `k`."""
+        """Check that `velocity` lives on the grid of `k` and the mesh divides its rows."""
         check_velocity(self.velocity, jnp.shape(k))
+        if self.mesh is not None:
+            _check_mesh(self.mesh, jnp.shape(k)[0])
 
     def spectral_bound(self, k):
         """Gershgorin bound, see `matfree.pde.spectral_bound`."""
