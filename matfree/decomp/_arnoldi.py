@@ -80,8 +80,9 @@ def arnoldi(
         `"adjoint"` (default): differentiate with the adjoint system of
         Krämer et al. (NeurIPS 2024): memory `O(n k)`, one VJP of `matvec`
         with respect to the vector per step (it supplies the transposed
-        products, so no transposed operator is needed) and one parameter VJP
-        on all `k` basis vectors; reverse mode only (`jax.jvp` raises).
+        products, so no transposed operator is needed) and parameter VJPs
+        on the `k` basis vectors in chunks of steps sized from the operator;
+        reverse mode only (`jax.jvp` raises).
         `"autodiff"` differentiates through the loop (forward mode, higher
         derivatives; memory `O(n k^2)`). Complex dtypes: the backward pass
         of `"adjoint"` raises `NotImplementedError`; use `"autodiff"`.

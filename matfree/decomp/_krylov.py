@@ -287,7 +287,6 @@ def adjoint(
     *,
     tridiagonal,
     active=None,
-    chunk=None,
 ):
     """Adjoint of an Arnoldi-type decomposition `A Q^T = Q^T H + r e_k^T`.
 
@@ -305,7 +304,7 @@ def adjoint(
     sweep over the blocks instead of `k` (storing the `k` multipliers, like
     the basis). For a stencil, small chunks keep the multipliers and the
     VJP's temporaries to a fraction of the basis. Without perturbed
-    parameters nothing is stored. `chunk` overrides `c` (tests).
+    parameters nothing is stored.
 
     The Lanczos adjoint is the special case `H = T` with cotangent
     `Hbar = diag(abar) + subdiag(bbar)`: the orthogonality constraints of a
@@ -417,8 +416,7 @@ def adjoint(
         (_, _, v0bar), _ = jax.lax.scan(body, carry, jnp.arange(k - 1, -1, -1))
         return v0bar, [jnp.zeros_like(p) for p in params]
 
-    if chunk is None:
-        chunk = chunk_steps(fn, params, active, m, k, Q.shape[2], dtype)
+    chunk = chunk_steps(fn, params, active, m, k, Q.shape[2], dtype)
     size = int(min(max(chunk, 1), k))
     num_chunks = -(-k // size)
     padded = num_chunks * size != k

@@ -95,7 +95,9 @@ def lanczos(
     gradient
         `"adjoint"` (default): differentiate with the adjoint system of
         Krämer et al. (NeurIPS 2024): memory `O(n k)`, one matvec per step
-        and one parameter VJP of the matvec on all `k` basis vectors at once;
+        and parameter VJPs of the matvec on the `k` basis vectors in chunks
+        of steps sized from the operator (all `k` at once for a blocked
+        kernel matvec, one or a few steps for a stencil);
         reverse mode only (`jax.jvp` raises). `"autodiff"`: differentiate
         through the loop (forward mode, higher derivatives; memory `O(n k^2)`
         with `reortho`).
