@@ -184,8 +184,9 @@ def trace_funm(
     Memory: `O(n depth b)` for `b` probes per chunk (value and gradient).
     Matvecs: `num_probes * depth` (`2 (num_probes // 2) * depth` for
     `"xtrace"`); the gradient costs about one more pass (one batched
-    matvec per adjoint step) plus one VJP of the matvec on all basis vectors
-    of a chunk at once, and a further pass with `chunk_size`
+    matvec per adjoint step) plus VJPs of the matvec on the basis vectors
+    of a chunk of probes (all steps at once for a kernel matvec, chunks of
+    steps for a stencil), and a further pass with `chunk_size`
     (rematerialisation). Measured on a blocked RBF kernel matvec (depth
     30, 16 probes, quiet 2-core CPU): value+gradient 2.8x the value time at
     n = 4096, 2.5x at n = 16,384 (`benchmarks/RESULTS.md`).

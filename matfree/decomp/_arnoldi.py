@@ -80,8 +80,9 @@ def arnoldi(
         `"adjoint"` (default): differentiate with the adjoint system of
         Krämer et al. (NeurIPS 2024): memory `O(n k)`, one VJP of `matvec`
         with respect to the vector per step (it supplies the transposed
-        products, so no transposed operator is needed) and one parameter VJP
-        on all `k` basis vectors; reverse mode only (`jax.jvp` raises).
+        products, so no transposed operator is needed) and parameter VJPs
+        on the `k` basis vectors in chunks of steps sized from the operator;
+        reverse mode only (`jax.jvp` raises).
         `"autodiff"` differentiates through the loop (forward mode, higher
         derivatives; memory `O(n k^2)`). Complex dtypes: the backward pass
         of `"adjoint"` raises `NotImplementedError`; use `"autodiff"`.
@@ -135,13 +136,16 @@ def _arnoldi_impl(fn, depth, V0, params):
     m, n = V0.shape
     mv = _krylov.batched(fn, params)
     Q1, c = _krylov.normalise_start(V0)
-    Q = jnp.zeros((m, depth + 1, n), V0.dtype).at[:, 0].set(Q1)
+    # `depth` rows (the last next vector is not stored); the residual is
+    # carried, not stacked over the steps: one basis in memory, not two.
+    Q = jnp.zeros((m, depth, n), V0.dtype).at[:, 0].set(Q1)
 
-    def step(Q, i):
+    def step(carry, i):
+        Q, _ = carry
         w = mv(Q[:, i])
         u, h1 = _krylov.project_out(Q, w)
         u, h2 = _krylov.project_out(Q, u)
-        h = (h1 + h2)[:, :depth]
+        h = h1 + h2
         b = safe_norm(u)
         broke = (b <= _krylov.breakdown_tol(w)) & (i < depth - 1)
         q_next = jax.lax.cond(
@@ -154,20 +158,19 @@ def _arnoldi_impl(fn, depth, V0, params):
             lambda: u / jnp.where(b > 0, b, 1.0)[:, None],
         )
         b = jnp.where(broke, 0.0, b)
-        Q = Q.at[:, i + 1].set(q_next)
-        return Q, (h, b, u, broke)
+        Q = _krylov.set_next(Q, i, q_next)
+        return (Q, u), (h, b, broke)
 
-    Q, (h, b, u, broke) = jax.lax.scan(step, Q, jnp.arange(depth))
+    (Q, r), (h, b, broke) = jax.lax.scan(step, (Q, jnp.zeros_like(V0)), jnp.arange(depth))
     # h: (k, m, k) columns of H; b: (k, m) sub-diagonal entries.
     H = jnp.transpose(h, (1, 2, 0))
     i = jnp.arange(depth - 1)
     H = H.at[:, i + 1, i].set(b.T[:, :-1])
-    r = u[-1]
     broke = broke.T
     first = jnp.argmax(jnp.concatenate([broke[:, :-1], jnp.ones((m, 1), bool)], 1), 1)
     num_steps = (first + 1).astype(jnp.int32)
     status = _krylov.status_of(c, H, r)
-    return Q[:, :depth], H, r, c, num_steps, status
+    return Q, H, r, c, num_steps, status
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

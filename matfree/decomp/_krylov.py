@@ -3,13 +3,18 @@
 Both iterations run on a *block* of `m` independent start vectors at once
 (shape `(m, n)`): one batched matvec per step. The adjoint runs backwards
 with one product `A^T lambda` per step on vectors only, and contracts the
-cotangents of the operator's parameters in a single VJP of the matvec applied
-to all `m k` basis vectors (not formed per vector or per step and then summed).
+cotangents of the operator's parameters in VJPs of the matvec applied to
+chunks of basis vectors: one chunk of all `m k` vectors where the matvec's
+VJP shares work between vectors (a blocked kernel matvec), several small
+chunks where it does not (a stencil), to bound memory (`chunk_steps`).
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.extend.core
 import jax.flatten_util
 import jax.numpy as jnp
 
@@ -82,6 +87,82 @@ def finish(result, *, zero, batched, throw):
 def batched(fn, params):
     """Apply the flat matvec `fn(x, *params)` to every row of `X` (m, n)."""
     return lambda X: jax.vmap(lambda x: fn(x, *params))(X)
+
+
+def set_next(Q, i, q_next):
+    """Store `q_next` as row `i + 1` of the basis `Q` (m, k, n); dropped at `i = k - 1`."""
+    k = Q.shape[1]
+    j = jnp.minimum(i + 1, k - 1)
+    return Q.at[:, j].set(jnp.where(i < k - 1, q_next, Q[:, j]))
+
+
+def _jaxpr_bytes(jaxpr):
+    """Bytes of every value a jaxpr computes (sub-jaxprs counted once).
+
+    An upper bound on the temporaries of the compiled program (XLA fuses
+    many of them away); used only to compare two sizes of one program.
+    """
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = v.aval
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += math.prod(aval.shape) * jnp.dtype(aval.dtype).itemsize
+        for value in eqn.params.values():
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            for sub in items:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += _jaxpr_bytes(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += _jaxpr_bytes(sub)
+    return total
+
+
+def chunk_steps(fn, params, active, m, k, n, dtype):
+    """Steps per chunk of the parameter VJP in the adjoint, from the operator.
+
+    The parameter cotangent `sum_j lambda_j^T (dA/dp) q_j` is contracted in
+    VJPs of the batched matvec on `c` steps (`m c` vectors) at a time. The
+    cost of one such VJP is estimated from its jaxpr (traced, not compiled)
+    on one and on two vectors: `per` bytes of temporaries per vector, `shared`
+    bytes that do not grow with the vectors (a kernel block and its VJP,
+    recomputed once per chunk). A chunk costs `shared + m c (per + row)`,
+    `row` for storing one multiplier. Chunks may use the larger of `shared`
+    (paid anyway, so a kernel matvec gets one chunk and evaluates its blocks
+    once) and half the basis (`m k row / 2`): the adjoint then holds the basis
+    plus at most half a basis more, the bound behind "adjoint memory about
+    the forward's" for operators whose VJP shares nothing (a stencil gets
+    chunks of one or a few steps).
+    """
+    live = [p for p, a in zip(params, active, strict=True) if a]
+    if not live:
+        return k
+
+    def vjp_of(X, L, *ps):
+        it = iter(ps)
+        full = [next(it) if a else p for p, a in zip(params, active, strict=True)]
+        live_p = [p for p, a in zip(full, active, strict=True) if a]
+
+        def apply(*lp):
+            it2 = iter(lp)
+            merged = [next(it2) if a else p for p, a in zip(full, active, strict=True)]
+            return batched(fn, merged)(X)
+
+        return jax.vjp(apply, *live_p)[1](L)
+
+    def cost(b):
+        vec = jax.ShapeDtypeStruct((b, n), dtype)
+        args = [jax.ShapeDtypeStruct(jnp.shape(p), jnp.result_type(p)) for p in params]
+        return _jaxpr_bytes(jax.make_jaxpr(vjp_of)(vec, vec, *args).jaxpr)
+
+    one, two = cost(1), cost(2)
+    per = max(two - one, 0)
+    shared = max(one - per, 0)
+    row = n * jnp.dtype(dtype).itemsize
+    budget = max(shared, m * k * row // 2)
+    c = int(min(max(budget // (m * (per + row)), 1), k))
+    num_chunks = -(-k // c)
+    return -(-k // num_chunks)  # balanced: at most num_chunks - 1 padded steps
 
 
 def normalise_start(V0):
@@ -215,11 +296,15 @@ def adjoint(
     to the block of multipliers (a plain matvec for Lanczos, a VJP with
     respect to the vector for Arnoldi) and re-projects the multiplier against
     the basis, mirroring the full re-orthogonalisation of the forward pass.
-    The parameter cotangent `sum_j lambda_j^T (dA) q_j` is then one VJP of the
-    matvec on all `m k` basis vectors at once: for a kernel matvec, whose
-    parameter VJP recomputes every kernel block, this is one sweep over the
-    blocks instead of `k` (it stores the `k` multipliers, memory `O(m k n)`
-    like the basis; without perturbed parameters nothing is stored).
+    The parameter cotangent `sum_j lambda_j^T (dA) q_j` is contracted in
+    chunks of `c` steps (`chunk_steps`, from the operator): the recursion
+    runs `c` steps, keeps their multipliers, and one VJP of the matvec on
+    the chunk's `m c` basis vectors adds their contribution. For a kernel
+    matvec, whose parameter VJP recomputes every kernel block, `c = k`: one
+    sweep over the blocks instead of `k` (storing the `k` multipliers, like
+    the basis). For a stencil, small chunks keep the multipliers and the
+    VJP's temporaries to a fraction of the basis. Without perturbed
+    parameters nothing is stored.
 
     The Lanczos adjoint is the special case `H = T` with cotangent
     `Hbar = diag(abar) + subdiag(bbar)`: the orthogonality constraints of a
@@ -323,18 +408,44 @@ def adjoint(
         v0bar_j = jnp.where((c > 0)[:, None], out + cbar[:, None] * Q[:, 0], 0.0)
         v0bar = jnp.where(j == 0, v0bar_j, v0bar)
         # The multiplier of the constraint at step j pairs with q_j in the
-        # parameter cotangent sum_j lambda_j^T (dA) q_j (collected, see below).
+        # parameter cotangent sum_j lambda_j^T (dA) q_j (collected per chunk).
         return (lams, Gam, v0bar), (lam_j if live else None)
 
-    (_, _, v0bar), lam_rev = jax.lax.scan(
-        body, (lams, Gam, v0bar0), jnp.arange(k - 1, -1, -1)
-    )
+    carry = (lams, Gam, v0bar0)
     if not live:
+        (_, _, v0bar), _ = jax.lax.scan(body, carry, jnp.arange(k - 1, -1, -1))
         return v0bar, [jnp.zeros_like(p) for p in params]
-    # One VJP of the matvec applied to all m*k basis vectors at once: the
-    # parameter cotangent sum_j lambda_j^T (dA/dp) q_j is contracted over the
-    # whole basis in one pass (for a kernel matvec: one sweep over the kernel
-    # blocks instead of k), at the price of storing the k multipliers.
-    Lam = jnp.swapaxes(lam_rev[::-1], 0, 1).reshape(m * k, -1)
-    _, vjp = jax.vjp(lambda *p: batched(fn, merge(p))(Q.reshape(m * k, -1)), *live)
-    return v0bar, merge(vjp(Lam))
+
+    chunk = chunk_steps(fn, params, active, m, k, Q.shape[2], dtype)
+    size = int(min(max(chunk, 1), k))
+    num_chunks = -(-k // size)
+    padded = num_chunks * size != k
+
+    def step(carry, j):
+        if not padded:
+            return body(carry, j)
+        # The last chunk runs past j = 0: those steps change nothing and
+        # give a zero multiplier (no contribution to the cotangent).
+        zero = jnp.zeros((m, Q.shape[2]), dtype)
+        return jax.lax.cond(
+            j >= 0, body, lambda carry, _: (carry, zero), carry, jnp.maximum(j, 0)
+        )
+
+    def one_chunk(state, js):
+        carry, pbar = state
+        carry, lam_c = jax.lax.scan(step, carry, js)  # (size, m, n), steps js
+        # One VJP of the matvec on the chunk's m*size basis vectors: the
+        # parameter cotangent sum_j lambda_j^T (dA/dp) q_j over the chunk.
+        Qc = jnp.swapaxes(jnp.take(Q, jnp.maximum(js, 0), axis=1), 0, 1)
+        Qc = Qc.reshape(size * m, -1)
+        _, vjp = jax.vjp(lambda *p: batched(fn, merge(p))(Qc), *live)
+        ct = vjp(lam_c.reshape(size * m, -1))
+        return (carry, [p + g for p, g in zip(pbar, ct, strict=True)]), None
+
+    steps = jnp.arange(k - 1, k - 1 - num_chunks * size, -1).reshape(num_chunks, size)
+    pbar0 = [jnp.zeros_like(p) for p in live]
+    if num_chunks == 1:
+        ((_, _, v0bar), pbar), _ = one_chunk((carry, pbar0), steps[0])
+    else:
+        ((_, _, v0bar), pbar), _ = jax.lax.scan(one_chunk, (carry, pbar0), steps)
+    return v0bar, merge(pbar)

@@ -95,7 +95,9 @@ def lanczos(
     gradient
         `"adjoint"` (default): differentiate with the adjoint system of
         Krämer et al. (NeurIPS 2024): memory `O(n k)`, one matvec per step
-        and one parameter VJP of the matvec on all `k` basis vectors at once;
+        and parameter VJPs of the matvec on the `k` basis vectors in chunks
+        of steps sized from the operator (all `k` at once for a blocked
+        kernel matvec, one or a few steps for a stencil);
         reverse mode only (`jax.jvp` raises). `"autodiff"`: differentiate
         through the loop (forward mode, higher derivatives; memory `O(n k^2)`
         with `reortho`).
@@ -155,11 +157,13 @@ def _lanczos_impl(fn, depth, reortho, V0, params):
     m, n = V0.shape
     mv = _krylov.batched(fn, params)
     Q1, c = _krylov.normalise_start(V0)
-    # A (k+1)-row buffer: the last row receives the unused next vector.
-    Q = jnp.zeros((m, depth + 1, n), V0.dtype).at[:, 0].set(Q1)
+    # The basis buffer has exactly `depth` rows (the last step's next vector is
+    # not stored) and the residual is carried, not stacked over the steps: the
+    # forward pass (and the residuals of the adjoint) hold one basis, not two.
+    Q = jnp.zeros((m, depth, n), V0.dtype).at[:, 0].set(Q1)
 
     def step(carry, i):
-        Q, q_prev, b_prev = carry
+        Q, q_prev, b_prev, _ = carry
         q = Q[:, i]
         w = mv(q)
         a = jnp.real(jnp.sum(jnp.conj(q) * w, axis=1))  # real for Hermitian A
@@ -179,17 +183,16 @@ def _lanczos_impl(fn, depth, reortho, V0, params):
             lambda: u / jnp.where(b > 0, b, 1.0)[:, None],
         )
         b = jnp.where(broke, 0.0, b)
-        Q = Q.at[:, i + 1].set(q_next)
-        return (Q, q_next, b), (a, b, u, broke)
+        Q = _krylov.set_next(Q, i, q_next)
+        return (Q, q_next, b, u), (a, b, broke)
 
-    init = (Q, jnp.zeros_like(V0), jnp.zeros((m,), c.dtype))
-    (Q, _, _), (a, b, u, broke) = jax.lax.scan(step, init, jnp.arange(depth))
+    init = (Q, jnp.zeros_like(V0), jnp.zeros((m,), c.dtype), jnp.zeros_like(V0))
+    (Q, _, _, r), (a, b, broke) = jax.lax.scan(step, init, jnp.arange(depth))
     a, b, broke = a.T, b.T, broke.T
-    r = u[-1]
     first = jnp.argmax(jnp.concatenate([broke[:, :-1], jnp.ones((m, 1), bool)], 1), 1)
     num_steps = (first + 1).astype(jnp.int32)
     status = _krylov.status_of(c, a, r)
-    return Q[:, :depth], a, b[:, :-1], r, c, num_steps, status
+    return Q, a, b[:, :-1], r, c, num_steps, status
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
