@@ -34,7 +34,7 @@ def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
 
     def body(state):
         X, R, P, rz, k, flag, hist = state
-        act = c.active(flag, k, maxiter)
+        act = c.stepping(flag, k, maxiter)
         AP = mv(P)
         pAp = c.rdot(P, AP)
         indefinite = act & ~(pAp > 0)
@@ -55,7 +55,9 @@ def cg(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
             broke = ~(rz_new > 0)
         beta = jnp.where(step, c.div(rz_new, rz), 0)
         P = Z + c.col(beta) * P
-        rz = jnp.where(step, rz_new, rz)
+        # Unmasked: a column that does not step keeps its `R` (so `rz_new` is
+        # its old `rz`) or stops (indefinite), and its `beta` is masked above.
+        rz = rz_new
         k = k + act
         hist = c.record(hist, k, act, res)
         flag = c.update_flag(flag, act, res, tol, broke=broke, indefinite=indefinite)
