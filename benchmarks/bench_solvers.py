@@ -431,7 +431,7 @@ def least_squares(rows, cols, reps, quick):
     record("lstsq", rows, "scipy lsqr", int(out[2]), med, 0.0, None, normal)
 
 
-def write(quick, name="solvers"):
+def write(quick, out="solvers"):
     lines = [
         "## Krylov solvers (`benchmarks/bench_solvers.py`)",
         "",
@@ -476,7 +476,7 @@ def write(quick, name="solvers"):
         lines += ["", "Reduced for the time budget:", ""]
         lines += [f"- {line}" for line in SKIPPED]
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", name + ".md"), "w") as fh:
+    with open(os.path.join(HERE, "results", out + ".md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -496,7 +496,7 @@ def write(quick, name="solvers"):
         ax.set_title(f"{p}, n={n}")
         ax.set_xlabel("run time [s]")
     fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "figures", name + ".png"), dpi=100)
+    fig.savefig(os.path.join(HERE, "figures", out + ".png"), dpi=100)
 
 
 def main():
