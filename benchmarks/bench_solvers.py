@@ -1,6 +1,11 @@
 """Benchmark `matfree.solve` against jax.scipy, lineax and scipy on the same problems.
 
-Usage: python benchmarks/bench_solvers.py [--quick]
+Usage: python benchmarks/bench_solvers.py [--quick] [--poisson] [--reps N]
+
+`--poisson`: only the 2-D Poisson rows at n = 10^4 and 99,856 (CG and MINRES
+against jax.scipy, lineax and scipy), written to
+benchmarks/results/solvers_poisson.md; `--reps`: timed runs per row
+(default 3, 2 with `--quick`).
 
 Problems (float64, rtol = 1e-6 relative to |b| in the 2-norm, atol = 0 everywhere):
 2-D Poisson (CG, MINRES), RBF kernel + noise 1e-2 (CG, pivoted-Cholesky CG),
@@ -426,7 +431,7 @@ def least_squares(rows, cols, reps, quick):
     record("lstsq", rows, "scipy lsqr", int(out[2]), med, 0.0, None, normal)
 
 
-def write(quick):
+def write(quick, out="solvers"):
     lines = [
         "## Krylov solvers (`benchmarks/bench_solvers.py`)",
         "",
@@ -471,7 +476,7 @@ def write(quick):
         lines += ["", "Reduced for the time budget:", ""]
         lines += [f"- {line}" for line in SKIPPED]
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "solvers.md"), "w") as fh:
+    with open(os.path.join(HERE, "results", out + ".md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -491,14 +496,21 @@ def write(quick):
         ax.set_title(f"{p}, n={n}")
         ax.set_xlabel("run time [s]")
     fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "figures", "solvers.png"), dpi=100)
+    fig.savefig(os.path.join(HERE, "figures", out + ".png"), dpi=100)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--poisson", action="store_true")
+    parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args()
-    reps = 2 if args.quick else 3
+    reps = args.reps or (2 if args.quick else 3)
+    if args.poisson:
+        for side in (100, 316):
+            poisson(side, reps, False)
+        write(False, "solvers_poisson")
+        return
     if args.quick:
         poisson(32, reps, True)
         kernel(256, reps, True)

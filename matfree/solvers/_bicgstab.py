@@ -32,7 +32,7 @@ def bicgstab(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
 
     def body(state):
         X, R, Rhat, P, V, rho, alpha, omega, k, flag, hist = state
-        act = c.active(flag, k, maxiter)
+        act = c.stepping(flag, k, maxiter)
         rho_new = c.dot(Rhat, R)
         beta = c.div(rho_new, rho) * c.div(alpha, omega)
         P = R + c.col(beta) * (P - c.col(omega) * V)

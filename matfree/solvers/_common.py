@@ -98,7 +98,8 @@ def start(mv, B, X0, tol, maxiter, history):
 
 def update_flag(flag, act, res, tol, broke=None, indefinite=None):
     """Update the status of the columns that were active in this step."""
-    new = jnp.where(res <= tol, CONVERGED, RUNNING)
+    # int32 constants: the chain of `where`s stays int32 (no int64 and cast).
+    new = jnp.where(res <= tol, jnp.int32(CONVERGED), jnp.int32(RUNNING))
     if broke is not None:
         new = jnp.where(broke & (new != CONVERGED), BREAKDOWN, new)
     if indefinite is not None:
@@ -110,6 +111,18 @@ def update_flag(flag, act, res, tol, broke=None, indefinite=None):
 def active(flag, num_steps, maxiter):
     """Columns that take another step."""
     return (flag == RUNNING) & (num_steps < maxiter)
+
+
+def stepping(flag, num_steps, maxiter):
+    """`active` inside a loop body whose condition is `any(active(...))`.
+
+    A block of one column is active whenever the body runs (`loop` runs it
+    only while its condition holds), so the mask is the constant `True` and
+    every `where` on it folds away at compile time.
+    """
+    if flag.shape[0] == 1:
+        return jnp.ones(flag.shape, bool)
+    return active(flag, num_steps, maxiter)
 
 
 def new_history(res, maxiter, enabled):

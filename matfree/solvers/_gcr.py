@@ -39,7 +39,7 @@ def gcr(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
 
     def body(state):
         X, R, Pb, Qb, j, k, flag, hist, res0 = state
-        act = c.active(flag, k, maxiter)
+        act = c.stepping(flag, k, maxiter)
         U = pc(R)
         C = mv(U)
         # Stale directions of the previous cycle (rows >= j) are masked out,

@@ -50,7 +50,7 @@ def gmres(mv, pc, B, X0, tol, maxiter, *, differentiable, history, restart):
 
         def body(s):
             V, H, Q, steps, k, flag, hist, j = s
-            act = c.active(flag, k, maxiter)
+            act = c.stepping(flag, k, maxiter)
             w = mv(pc(V[:, j]))
             # Rows of V past j are zero, so no mask is needed.
             h = jnp.einsum("mkn,mn->mk", jnp.conj(V), w)

@@ -49,7 +49,7 @@ def lsqr(mv, mvT, B, X0, tol, maxiter, *, differentiable, history, rtol, damp, l
     def body(state):
         X, U, V, W, scal, k, flag, hist = state
         alpha, phibar, rhobar, anorm2, res2 = scal
-        act = c.active(flag, k, maxiter)
+        act = c.stepping(flag, k, maxiter)
         U = mv(V) - c.col(alpha) * U
         beta = c.norm(U)
         U = U * c.col(c.div(1, beta))

@@ -42,7 +42,8 @@ def minres(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
     zero = jnp.zeros_like(B)
     k = jnp.zeros((m,), jnp.int32)
     hist = c.new_history(res, maxiter, history)
-    scal = (zeros, beta1, zeros, zeros, beta1, -jnp.ones_like(beta1), zeros)
+    # The per-column scalars in one array: one buffer of the loop state.
+    scal = jnp.stack([zeros, beta1, zeros, zeros, beta1, -jnp.ones_like(beta1), zeros])
     vecs = (X, R, R, R, Y, zero, zero, zero, zero) if track else (X, R, R, zero, zero)
     state = (scal, vecs, k, flag, hist)
 
@@ -58,7 +59,7 @@ def minres(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
         else:
             X, r1, r2, W, W2 = vecs
             Y = r2
-        act = c.active(flag, k, maxiter)
+        act = c.stepping(flag, k, maxiter)
         V = Y * c.col(c.div(jnp.ones_like(beta), beta))
         AV = mv(V)
         Y = AV - c.col(c.div(beta, oldb)) * r1
@@ -95,7 +96,7 @@ def minres(mv, pc, B, X0, tol, maxiter, *, differentiable, history):
         k = k + act
         hist = c.record(hist, k, act, res)
         flag = c.update_flag(flag, act, res, tol, broke=broke)
-        scal = (oldb, beta, dbar, epsln, phibar, cs, sn)
+        scal = jnp.stack([oldb, beta, dbar, epsln, phibar, cs, sn])
         vecs = (X, R, r1, r2, Y, W, W2, AW, AW2) if track else (X, r1, r2, W, W2)
         return scal, vecs, k, flag, hist
 
