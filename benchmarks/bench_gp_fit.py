@@ -81,8 +81,9 @@ def fit_matfree(args):
         "kernel": "matern32",
         "num_probes": CFG["probes"],
         "depth": CFG["depth"],
-        "rtol": CFG["rtol"],
-        "precond_rank": CFG["rank"],
+        "rtol": args.rtol,
+        "precond_rank": args.precond_rank,
+        "gradient": args.gradient,
     }
     linesearch = optax.scale_by_zoom_linesearch(
         max_linesearch_steps=args.max_linesearch_steps, initial_guess_strategy="one"
@@ -269,6 +270,9 @@ def main():
     ap.add_argument("--tol", type=float, default=1e-3, help="loss change over 5 steps")
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--max-linesearch-steps", type=int, default=6)
+    ap.add_argument("--precond-rank", type=int, default=CFG["rank"], help="matfree's fit")
+    ap.add_argument("--rtol", type=float, default=CFG["rtol"], help="matfree's fit")
+    ap.add_argument("--gradient", default="hutchinson", choices=("hutchinson", "adjoint"))
     ap.add_argument("--chunk-size", type=int, default=512, help="gp.predict chunk_size")
     ap.add_argument("--exact-max-n", type=int, default=10000)
     ap.add_argument("--torch-python", default="/work/venvs/bench/bin/python")
@@ -288,7 +292,9 @@ def main():
     if not args.no_gpytorch:
         out["gpytorch"] = fit_gpytorch(args)
         print({k: v for k, v in out["gpytorch"].items() if k != "losses"}, flush=True)
-    path = HERE / "results" / f"gp_fit_{args.n or 'full'}.json"
+    tag = "" if args.precond_rank == CFG["rank"] else f"_rank{args.precond_rank}"
+    tag += "" if args.gradient == "hutchinson" else f"_{args.gradient}"
+    path = HERE / "results" / f"gp_fit_{args.n or 'full'}{tag}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
