@@ -76,6 +76,13 @@ def fit(
         loss is per data point); if `num_steps` steps do not get there the
         status is `NOT_CONVERGED` (raised with `throw=True`). Meaningful with
         a deterministic loss (`fixed_probes=True` or `method="cholesky"`).
+        A line search that finds no decrease also leaves the loss unchanged,
+        so `tol` is met there too: with `gradient="hutchinson"` the gradient
+        is not the exact derivative of the estimated value, and near the
+        estimate's noise floor it may stop being a descent direction before
+        the exact loss is stationary (a step with the line search's maximum
+        of evaluations and no decrease in `num_evaluations` shows it;
+        `gradient="adjoint"` makes value and gradient consistent).
     progress
         Print a progress bar with the current loss and the step rate.
     throw
