@@ -1,5 +1,7 @@
 """Tests of `matfree.gp` against the dense (Cholesky) GP in float64."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -246,6 +248,67 @@ def test_fit_stops_at_a_failed_step():
         gp.fit(P, X, Y, key=KEY, num_steps=4, progress=False, **opts)
 
 
+# Targets that depend on both inputs: an interior optimum (no lengthscale -> inf).
+Y2 = Y + jnp.cos(4 * X[:, 1])
+
+
+def _dense_loss(raw):
+    p = gp.constrain(raw)
+    return -gp.log_marginal_likelihood(p, X, Y2, method="cholesky").value / N
+
+
+@functools.cache
+def _dense_lbfgs_fit():
+    return gp.fit(
+        P, X, Y2, key=KEY, optimizer=optax.lbfgs(), num_steps=60, tol=1e-9,
+        progress=False, method="cholesky",
+    )  # fmt: skip
+
+
+def test_lbfgs_fit_decreases_monotonically_to_the_dense_optimum():
+    res = _dense_lbfgs_fit()
+    assert int(res.status) == 0 and len(res.losses) < 60  # stopped by `tol`
+    assert np.all(np.diff(res.losses) <= 1e-12)  # monotone up to rounding
+    assert res.losses.shape == res.seconds.shape == res.num_evaluations.shape
+    assert np.all(res.num_evaluations >= 1)
+    # a stationary point of the exact loss: every gradient entry vanishes
+    grad = jax.grad(_dense_loss)(res.raw)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-6
+    assert abs(float(_dense_loss(res.raw)) - res.losses[-1]) < 1e-9
+
+
+def test_fixed_probes_give_a_deterministic_loss_that_converges():
+    opts = {"num_probes": 16, "depth": 15, "precond_rank": 30, "rtol": 1e-8}
+    res = gp.fit(
+        P, X, Y2, key=KEY, optimizer=optax.lbfgs(), num_steps=40, tol=1e-5,
+        progress=False, **opts,
+    )  # fmt: skip
+    assert int(res.status) == 0 and len(res.losses) < 40
+    # fixed probes by default for a line search: the loss is the estimate with `key`
+    first = -gp.log_marginal_likelihood(P, X, Y2, key=KEY, **opts).value / N
+    assert np.isclose(res.losses[0], float(first), rtol=1e-10)
+    assert np.all(np.diff(res.losses) <= 1e-12)
+    # one evaluation at the start; afterwards the line search's value and gradient
+    # at the accepted point are reused, so a step costs its line-search trials only
+    assert res.num_evaluations[0] == 2 and np.sum(res.num_evaluations) < 2 * len(res.losses)
+    # the optimum of the fixed estimate is the dense optimum up to the estimate's error
+    dense = _dense_lbfgs_fit()
+    assert float(_dense_loss(res.raw)) - dense.losses[-1] < 1e-6
+    for k in P:
+        assert jnp.allclose(res.params[k], dense.params[k], rtol=1e-2), k
+
+
+def test_tolerance_not_reached_is_not_converged():
+    kw = {"key": KEY, "num_steps": 3, "tol": 1e-12, "progress": False, "method": "cholesky"}
+    res = gp.fit(P, X, Y, throw=False, **kw)
+    assert int(res.status) == status.Status.NOT_CONVERGED
+    assert res.losses.shape == (3,) and np.all(np.isfinite(res.losses))
+    assert np.all(res.num_evaluations == 1)  # Adam: one evaluation per step
+    match = r"gp\.fit: did not converge: .*tol=1e-12"
+    with pytest.raises(eqx.EquinoxRuntimeError, match=match):
+        gp.fit(P, X, Y, **kw)
+
+
 def test_transform_round_trip_and_positivity():
     raw = gp.unconstrain(P)
     back = gp.constrain(raw)
@@ -312,6 +375,11 @@ def test_more_errors():
         gp.log_marginal_likelihood(P, jnp.ones((N, 2), int), Y, key=KEY)
     with pytest.raises(TypeError, match="`optimizer` must be an `optax"):
         gp.fit(P, X, Y, key=KEY, optimizer="adam", num_steps=1)
+    with pytest.raises(TypeError, match="`fixed_probes` must be True"):
+        gp.fit(P, X, Y, key=KEY, fixed_probes="yes", num_steps=1)
+    for tol in (-1.0, 0.0, float("nan"), "small", True):
+        with pytest.raises(ValueError, match="`tol` must be None or a positive number"):
+            gp.fit(P, X, Y, key=KEY, tol=tol, num_steps=1)
     with pytest.raises(ValueError, match="`X_new` must have the width"):
         gp.predict(P, X, Y, jnp.ones((3, 5)))
     with pytest.raises(ValueError, match="`kernel` must be one of"):

@@ -379,7 +379,7 @@ def calibrate(
         )
         return -res.value / n, res.status
 
-    raw, losses, seconds, status = minimize(
+    raw, losses, seconds, status, evaluations = minimize(
         loss,
         raw,
         optimizer=optimizer,
@@ -389,4 +389,4 @@ def calibrate(
         label="laplace.calibrate",
         throw=throw,
     )
-    return FitResult(constrain(raw), raw, losses, seconds, status)
+    return FitResult(constrain(raw), raw, losses, seconds, status, evaluations)

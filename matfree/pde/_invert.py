@@ -131,7 +131,7 @@ def invert(
         bad = (status == _status.Status.OK) & ~jnp.isfinite(value)
         return value, jnp.where(bad, jnp.int32(_status.Status.NONFINITE), status)
 
-    theta, losses, seconds, status = minimize(
+    theta, losses, seconds, status, evaluations = minimize(
         loss,
         theta,
         optimizer=optimizer,
@@ -140,4 +140,4 @@ def invert(
         label="pde.invert",
         throw=throw,
     )
-    return FitResult(jnp.exp(theta), theta, losses, seconds, status)
+    return FitResult(jnp.exp(theta), theta, losses, seconds, status, evaluations)
