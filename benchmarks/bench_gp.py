@@ -9,7 +9,11 @@ matfree). Also fits the protein data (80/20 split, fixed seed) with both
 libraries for a fixed number of Adam epochs and reports test RMSE and the
 exact training loss per point (dense Cholesky at the fitted hyperparameters).
 
-Usage: python benchmarks/bench_gp.py [--quick]
+With `--work-precision`: the work-precision table of issue #16.2 instead
+(each configuration's time per epoch beside its value and gradient error
+against the float64 dense Cholesky, float64 and float32).
+
+Usage: python benchmarks/bench_gp.py [--quick] [--work-precision]
 """
 
 from __future__ import annotations
@@ -38,7 +42,15 @@ def _rss_gib():
 
 
 def _data(n, split):
-    from matfree import gp
+    try:
+        from matfree import gp
+    except ImportError:  # the GPyTorch venv has no JAX: load the loader's file alone
+        import importlib.util
+
+        path = ROOT / "matfree" / "gp" / "_data.py"
+        spec = importlib.util.spec_from_file_location("_protein_data", path)
+        gp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gp)
 
     if split:
         d = gp.load_protein(n=n, dtype="float32", seed=0)
@@ -315,11 +327,198 @@ def exact_loss_per_point(n, params):
     return -float(lml) / X.shape[0]
 
 
+# ------------------------------------------------ work-precision (issue #16.2)
+#
+# One epoch at the issue's point (lengthscale 1, variance 1, noise 0.1), in
+# float64 or float32, per configuration; the truth is the dense Cholesky value
+# and gradient in float64. Gradients are w.r.t. the natural parameters
+# (lengthscale (9,), variance, noise), GPyTorch's converted from its raw
+# (softplus) parameters by the chain rule.
+
+WP_POINT = {"lengthscale": 1.0, "variance": 1.0, "noise": 0.1}
+WP_CONFIGS = {
+    "gpytorch-settings": {"num_probes": 10, "depth": 10, "rtol": 0.01, "precond_rank": 15},
+    "gpytorch-settings-rank50": {
+        "num_probes": 10,
+        "depth": 10,
+        "rtol": 0.01,
+        "precond_rank": 50,
+    },
+    "gpytorch-settings-rank100": {
+        "num_probes": 10,
+        "depth": 10,
+        "rtol": 0.01,
+        "precond_rank": 100,
+    },
+    "defaults": {},  # num_probes 16, depth 20, rtol 1e-3, rank 100
+}
+
+
+def _wp_point(dtype, d=9):
+    import jax.numpy as jnp
+
+    return {
+        "lengthscale": jnp.full((d,), WP_POINT["lengthscale"], dtype),
+        "variance": jnp.asarray(WP_POINT["variance"], dtype),
+        "noise": jnp.asarray(WP_POINT["noise"], dtype),
+    }
+
+
+def _flat_grad(g):
+    import numpy as np
+
+    return [
+        *np.asarray(g["lengthscale"], np.float64).tolist(),
+        float(g["variance"]),
+        float(g["noise"]),
+    ]
+
+
+def worker_wp(n, spec):
+    """`spec` = "<config>:<dtype>"; config "truth" is the float64 Cholesky."""
+    import _util
+    import jax
+    import jax.numpy as jnp
+
+    from matfree import gp
+
+    jax.config.update("jax_enable_x64", True)
+    config, dtype = spec.split(":")
+    X, y, _, _ = _data(n, split=False)
+    X, y = jnp.asarray(X, dtype), jnp.asarray(y, dtype)
+    if config == "truth":
+
+        def loss(p, key):
+            del key
+            lml = gp.log_marginal_likelihood(p, X, y, kernel="matern32", method="cholesky")
+            return -lml.value / n, lml.cg_num_steps
+
+    else:
+        opts = {"kernel": "matern32", **WP_CONFIGS[config]}
+
+        def loss(p, key):
+            lml = gp.log_marginal_likelihood(p, X, y, key=key, throw=False, **opts)
+            return -lml.value / n, lml.cg_num_steps
+
+    p = _wp_point(dtype)
+    vg = jax.value_and_grad(loss, has_aux=True)
+    compiled, t_compile = _util.compile_jit(vg, p, jax.random.PRNGKey(0))
+    t0, c0 = time.perf_counter(), time.process_time()
+    (v, steps), g = _util.block(compiled(p, jax.random.PRNGKey(1)))
+    return {
+        "sec": time.perf_counter() - t0,
+        "cpu": time.process_time() - c0,
+        "compile": t_compile,
+        "loss": float(v),
+        "grad": _flat_grad(g),
+        "cg_steps": int(steps),
+        "rss_gib": _rss_gib(),
+        "load": os.getloadavg()[0],
+    }
+
+
+def worker_wp_gpytorch(n, spec):
+    import torch
+
+    _, dtype = spec.split(":")
+    X, y, _, _ = _data(n, split=False)
+    tdt = getattr(torch, dtype)
+    X, y = X.astype(dtype), y.astype(dtype)
+    model, lik, mll, Xt, yt = _gpytorch_model(X, y)
+    model = model.to(tdt)
+    lik = lik.to(tdt)
+    model.covar_module.base_kernel.lengthscale = torch.full((1, 9), WP_POINT["lengthscale"])
+    model.covar_module.outputscale = WP_POINT["variance"]
+    lik.noise = WP_POINT["noise"]
+    model.train()
+    out = {}
+    with _gpytorch_settings():
+        for i in range(2):  # the first epoch is a warm-up (allocator, threads)
+            torch.manual_seed(i)
+            t0, c0 = time.perf_counter(), time.process_time()
+            model.zero_grad()
+            loss = -mll(model(Xt), yt)
+            loss.backward()
+            out = {"sec": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+    kern = model.covar_module
+    raw = {
+        "lengthscale": kern.base_kernel.raw_lengthscale,
+        "variance": kern.raw_outputscale,
+        "noise": lik.noise_covar.raw_noise,
+    }
+    # d loss / d theta = (d loss / d raw) / sigmoid(raw) for theta = softplus(raw)
+    # (GPyTorch's default positive constraint; its noise constraint adds 1e-4).
+    g = {k: (v.grad / torch.sigmoid(v.detach())).reshape(-1) for k, v in raw.items()}
+    grad = [*g["lengthscale"].double().tolist(), float(g["variance"]), float(g["noise"])]
+    return {
+        **out,
+        "loss": float(loss),
+        "grad": grad,
+        "cg_steps": -1,
+        "rss_gib": _rss_gib(),
+        "load": os.getloadavg()[0],
+    }
+
+
+def work_precision(n, dtypes, configs, timeout):
+    """Run the configurations against the truth; return the table's rows."""
+    import numpy as np
+
+    truth = run_worker("wp", n, "truth:float64", timeout=timeout)
+    print(f"  truth: {truth}", flush=True)
+    rows = [{"config": "dense Cholesky (truth)", "dtype": "float64", **truth}]
+    for dtype in dtypes:
+        for cfg in [*configs, "gpytorch"]:
+            if cfg == "gpytorch":
+                r = run_worker("wp_gpytorch", n, f"x:{dtype}", timeout=timeout, mem_gib=12)
+                name = "GPyTorch at its settings"
+            else:
+                r = run_worker("wp", n, f"{cfg}:{dtype}", timeout=timeout)
+                name = f"matfree {cfg}"
+            if "grad" in r and "grad" in truth:
+                g, gt = np.asarray(r["grad"]), np.asarray(truth["grad"])
+                r["value_err"] = abs(r["loss"] - truth["loss"])  # already per point
+                r["grad_err"] = float(np.linalg.norm(g - gt) / np.linalg.norm(gt))
+            print(f"  {name} {dtype}: {r}", flush=True)
+            rows.append({"config": name, "dtype": dtype, **r})
+    return rows
+
+
+def write_wp(rows, n, machine, name):
+    lines = [
+        f"Work-precision at n = {n:,} (issue #16.2): one epoch (value + gradient) at "
+        f"lengthscale {WP_POINT['lengthscale']:g}, variance {WP_POINT['variance']:g}, "
+        f"noise {WP_POINT['noise']:g}; truth = dense Cholesky in float64. Value error = "
+        "|loss/pt - true loss/pt|; gradient error = |g - g_true| / |g_true| over the 11 "
+        "natural parameters. One timed epoch per row (matfree compiled ahead of time; "
+        "GPyTorch after one warm-up epoch); `cpu` is process CPU time (all threads), "
+        "`load` the 1-min load average when the row finished (2 cores: above ~2 the "
+        f"wall times are inflated and provisional). Machine: {machine}.",
+        "",
+        "| configuration | dtype | s/epoch | cpu s | load | CG steps | loss/pt "
+        "| value err/pt | grad rel. err | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['dtype']} | {_cell(r, 'sec')} | {_cell(r, 'cpu')} "
+            f"| {_cell(r, 'load', '{:.1f}')} | {_cell(r, 'cg_steps', '{:d}')} "
+            f"| {_cell(r, 'loss', '{:.4f}')} | {_cell(r, 'value_err', '{:.1e}')} "
+            f"| {_cell(r, 'grad_err', '{:.1e}')} | {_cell(r, 'rss_gib')} |"
+        )
+    (HERE / "results" / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
 # ------------------------------------------------------------------ driver
 
 
 def run_worker(*args, timeout=900, mem_gib=None):
-    cmd = [sys.executable, "-u", __file__, "--worker", *map(str, args)]
+    python = sys.executable
+    if "gpytorch" in str(args[0]):  # GPyTorch may live in its own venv (no JAX there)
+        python = os.environ.get("BENCH_GP_TORCH_PYTHON", python)
+    cmd = [python, "-u", __file__, "--worker", *map(str, args)]
     env = dict(os.environ)
     if mem_gib:
         env["BENCH_GP_MEM_GIB"] = str(mem_gib)
@@ -351,6 +550,14 @@ def main():
         action="store_true",
         help="forget the rows of earlier runs (default: keep the sizes not re-run)",
     )
+    ap.add_argument(
+        "--work-precision",
+        action="store_true",
+        help="only the work-precision table (issue #16.2) at --wp-n",
+    )
+    ap.add_argument("--wp-n", type=int, default=10000)
+    ap.add_argument("--wp-dtypes", default="float64,float32")
+    ap.add_argument("--wp-configs", default=",".join(WP_CONFIGS))
     args = ap.parse_args()
     if args.worker:
         kind, n, r = args.worker
@@ -359,10 +566,20 @@ def main():
             lim = int(float(mem) * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
         fn = globals()[f"worker_{kind}"]
-        print("RESULT " + json.dumps(fn(int(n), int(r))))
+        arg = r if kind.startswith("wp") else int(r)
+        print("RESULT " + json.dumps(fn(int(n), arg)))
         return
 
     import _util
+
+    if args.work_precision:
+        n = 1000 if args.quick else args.wp_n
+        configs = [c for c in args.wp_configs.split(",") if c]
+        if args.quick:
+            configs = configs[:1]
+        rows = work_precision(n, args.wp_dtypes.split(","), configs, timeout=1800)
+        write_wp(rows, n, _util.machine(), "gp_wp_quick" if args.quick else "gp_wp")
+        return
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     repeats = 3

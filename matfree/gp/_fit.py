@@ -69,7 +69,10 @@ def fit(
         else `False`. Fixed probes make the fit converge to the optimum of one
         estimate of the loss, whose error is that of a single evaluation
         (`LMLResult.logdet_std_error`); fresh probes average it out over the
-        steps but never settle at a constant rate.
+        steps but never settle at a constant rate. With fixed probes the
+        gradient defaults to `gradient="adjoint"`, the exact derivative of
+        the estimated loss (a line search needs it; pass `gradient=` to
+        override).
     tol
         `None` (default): run `num_steps` steps. A positive number: stop once
         the loss changed by less than `tol` over the last 5 steps (the
@@ -77,12 +80,13 @@ def fit(
         status is `NOT_CONVERGED` (raised with `throw=True`). Meaningful with
         a deterministic loss (`fixed_probes=True` or `method="cholesky"`).
         A line search that finds no decrease also leaves the loss unchanged,
-        so `tol` is met there too: with `gradient="hutchinson"` the gradient
-        is not the exact derivative of the estimated value, and near the
-        estimate's noise floor it may stop being a descent direction before
-        the exact loss is stationary (a step with the line search's maximum
-        of evaluations and no decrease in `num_evaluations` shows it;
-        `gradient="adjoint"` makes value and gradient consistent).
+        so `tol` is met there too: with `gradient="hutchinson"` passed
+        explicitly, the gradient is not the exact derivative of the estimated
+        value, and near the estimate's noise floor it may stop being a
+        descent direction before the loss is stationary (a step with the line
+        search's maximum of evaluations and no decrease in `num_evaluations`
+        shows it); the default `"adjoint"` keeps value and gradient
+        consistent.
     progress
         Print a progress bar with the current loss and the step rate.
     throw
@@ -141,6 +145,9 @@ def fit(
             f"(fresh probes) or None (True for a line search); got {fixed_probes!r}."
         )
         raise TypeError(msg)
+    if fixed_probes and lml_options.get("method", "iterative") == "iterative":
+        # A line search needs the derivative of the loss it evaluates.
+        lml_options = {"gradient": "adjoint", **lml_options}
     n = X.shape[0]
 
     def loss(raw, key):
