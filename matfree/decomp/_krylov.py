@@ -139,8 +139,8 @@ def chunk_steps(fn, params, active, m, k, n, dtype):
         return k
 
     def vjp_of(X, L, *ps):
-        it = iter(ps)
-        full = [next(it) if a else p for p, a in zip(params, active, strict=True)]
+        # `ps` stands for every parameter (active or not), in order.
+        full = list(ps)
         live_p = [p for p, a in zip(full, active, strict=True) if a]
 
         def apply(*lp):

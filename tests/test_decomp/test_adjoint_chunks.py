@@ -100,3 +100,26 @@ def test_chunk_rule_one_chunk_for_kernels_several_for_stencils():
     stencil = steps(lambda s: operators.laplace_2d((64, 64), scale=s), 4096)
     assert kernel == depth
     assert 1 <= stencil < depth
+
+
+def test_gradient_with_a_parameter_that_is_not_differentiated():
+    # The matrix is a traced parameter of the operator (an argument of jit)
+    # but only the scalar is differentiated: the chunk rule must pair each
+    # parameter with its own shape (it once paired the scalar with the matrix).
+    n = 12
+    key1, key2 = jax.random.split(jax.random.PRNGKey(5))
+    B = jax.random.normal(key1, (n, n))
+    M = B @ B.T / n + jnp.eye(n)
+    v = jax.random.normal(key2, (n,))
+
+    def via_lanczos(s, M):
+        res = decomp.lanczos(lambda u: M @ u + s * u, v, depth=n)
+        return res.init_norm**2 * _dense.funm_sym(jnp.log, res.tridiag())[0, 0]
+
+    def dense(s, M):
+        w, V = jnp.linalg.eigh(M + s * jnp.eye(n))
+        return v @ (V * jnp.log(w)) @ V.T @ v
+
+    got = jax.jit(jax.grad(via_lanczos))(0.5, M)
+    want = jax.grad(dense)(0.5, M)
+    assert jnp.allclose(got, want, rtol=1e-9)
