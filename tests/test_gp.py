@@ -291,6 +291,19 @@ def test_fixed_probes_give_a_deterministic_loss_that_converges():
     # one evaluation at the start; afterwards the line search's value and gradient
     # at the accepted point are reused, so a step costs its line-search trials only
     assert res.num_evaluations[0] == 2 and np.sum(res.num_evaluations) < 2 * len(res.losses)
+
+    # value and gradient are consistent (fixed probes default to the adjoint
+    # gradient): the fit stops at a stationary point of the estimate itself
+    # (measured 3.6e-9; with gradient="hutchinson" 2.2e-5)
+    def estimate(raw):
+        p = gp.constrain(raw)
+        return (
+            -gp.log_marginal_likelihood(p, X, Y2, key=KEY, gradient="adjoint", **opts).value
+            / N
+        )
+
+    grad = jax.grad(estimate)(res.raw)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-6
     # the optimum of the fixed estimate is the dense optimum up to the estimate's error
     dense = _dense_lbfgs_fit()
     assert float(_dense_loss(res.raw)) - dense.losses[-1] < 1e-6
