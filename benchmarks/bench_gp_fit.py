@@ -37,7 +37,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-CFG = {"probes": 10, "depth": 10, "rtol": 0.01, "rank": 15, "lr": 0.1}
+from bench_gp import CFG  # noqa: E402  GPyTorch's settings, shared with bench_gp.py
+
 INIT = 0.6931  # softplus(0): GPyTorch's initial lengthscale / outputscale / noise
 GPYTORCH_EPOCHS = 20
 
@@ -159,45 +160,22 @@ def exact_loss(X, y, params):
 
 
 def worker_gpytorch(npz, epochs):
-    """GPyTorch's Adam fit (runs in the torch venv: numpy, torch, gpytorch only)."""
-    import contextlib
+    """GPyTorch's Adam fit (runs in the torch venv: numpy, torch, gpytorch only).
+
+    The model and the settings are `bench_gp.py`'s (one definition of
+    "GPyTorch's settings" for both benchmarks).
+    """
     import resource
 
     import gpytorch
     import numpy as np
     import torch
+    from bench_gp import _gpytorch_model, _gpytorch_settings
 
     data = np.load(npz)
-    X, y = torch.as_tensor(data["X"]), torch.as_tensor(data["y"])
+    model, lik, mll, X, y = _gpytorch_model(data["X"], data["y"])
     Xte, yte = torch.as_tensor(data["Xte"]), data["yte"]
-
-    class Model(gpytorch.models.ExactGP):
-        def __init__(self, X, y, lik):
-            super().__init__(X, y, lik)
-            self.mean_module = gpytorch.means.ZeroMean()
-            self.covar_module = gpytorch.kernels.ScaleKernel(
-                gpytorch.kernels.MaternKernel(nu=1.5, ard_num_dims=X.shape[1])
-            )
-
-        def forward(self, x):
-            return gpytorch.distributions.MultivariateNormal(
-                self.mean_module(x), self.covar_module(x)
-            )
-
-    lik = gpytorch.likelihoods.GaussianLikelihood()
-    model = Model(X, y, lik)
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
-    stack = contextlib.ExitStack()
-    for s in (
-        gpytorch.settings.max_cholesky_size(0),
-        gpytorch.settings.cg_tolerance(CFG["rtol"]),
-        gpytorch.settings.eval_cg_tolerance(CFG["rtol"]),
-        gpytorch.settings.max_lanczos_quadrature_iterations(CFG["depth"]),
-        gpytorch.settings.num_trace_samples(CFG["probes"]),
-        gpytorch.settings.max_preconditioner_size(CFG["rank"]),
-        gpytorch.settings.max_cg_iterations(1000),
-    ):
-        stack.enter_context(s)
+    stack = _gpytorch_settings()
     opt = torch.optim.Adam(model.parameters(), lr=CFG["lr"])
     model.train()
     losses = []
