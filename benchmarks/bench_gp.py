@@ -193,6 +193,18 @@ def _gpytorch_model(X, y):
     return model, lik, mll, X, y
 
 
+def _gpytorch_params(model, lik):
+    """The fitted hyperparameters of `_gpytorch_model`, in natural units."""
+    return {
+        "lengthscale": model.covar_module.base_kernel.lengthscale.detach()
+        .double()
+        .reshape(-1)
+        .tolist(),
+        "variance": float(model.covar_module.outputscale),
+        "noise": float(lik.noise),
+    }
+
+
 def _gpytorch_settings():
     import contextlib
 
@@ -301,14 +313,7 @@ def worker_fit_gpytorch(n, epochs):
         with torch.no_grad(), gpytorch.settings.skip_posterior_variances(True):
             mean = lik(model(torch.as_tensor(Xte))).mean.numpy()
     rmse = float(((mean - yte) ** 2).mean() ** 0.5)
-    p = {
-        "lengthscale": model.covar_module.base_kernel.lengthscale.detach()
-        .double()
-        .reshape(-1)
-        .tolist(),
-        "variance": float(model.covar_module.outputscale),
-        "noise": float(lik.noise),
-    }
+    p = _gpytorch_params(model, lik)
     return {"rmse": rmse, "params": p, "sec": sec, "sec_per_epoch": sec / epochs}
 
 

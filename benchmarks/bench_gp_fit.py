@@ -170,7 +170,7 @@ def worker_gpytorch(npz, epochs):
     import gpytorch
     import numpy as np
     import torch
-    from bench_gp import _gpytorch_model, _gpytorch_settings
+    from bench_gp import _gpytorch_model, _gpytorch_params, _gpytorch_settings
 
     data = np.load(npz)
     model, lik, mll, X, y = _gpytorch_model(data["X"], data["y"])
@@ -197,14 +197,7 @@ def worker_gpytorch(npz, epochs):
             mean, var = pred.mean.numpy(), pred.variance.numpy()
         predict_s = time.perf_counter() - t0
     rmse, nll = _metrics(mean, var, yte)
-    params = {
-        "lengthscale": model.covar_module.base_kernel.lengthscale.detach()
-        .double()
-        .reshape(-1)
-        .tolist(),
-        "variance": float(model.covar_module.outputscale),
-        "noise": float(lik.noise),
-    }
+    params = _gpytorch_params(model, lik)
     return {
         "n_train": int(X.shape[0]),
         "epochs": epochs,
