@@ -118,6 +118,12 @@ def _jaxpr_bytes(jaxpr):
     return total
 
 
+def merge_live(params, active, live):
+    """`params` with its active entries (`active[i]` true) replaced, in order, by `live`."""
+    it = iter(live)
+    return [next(it) if a else p for p, a in zip(params, active, strict=True)]
+
+
 def chunk_steps(fn, params, active, m, k, n, dtype):
     """Steps per chunk of the parameter VJP in the adjoint, from the operator.
 
@@ -138,15 +144,11 @@ def chunk_steps(fn, params, active, m, k, n, dtype):
     if not live:
         return k
 
-    def vjp_of(X, L, *ps):
-        # `ps` stands for every parameter (active or not), in order.
-        full = list(ps)
-        live_p = [p for p, a in zip(full, active, strict=True) if a]
+    def vjp_of(X, L, *ps):  # `ps`: every parameter, active or not, in order
+        live_p = [p for p, a in zip(ps, active, strict=True) if a]
 
         def apply(*lp):
-            it2 = iter(lp)
-            merged = [next(it2) if a else p for p, a in zip(full, active, strict=True)]
-            return batched(fn, merged)(X)
+            return batched(fn, merge_live(ps, active, lp))(X)
 
         return jax.vjp(apply, *live_p)[1](L)
 
@@ -326,8 +328,7 @@ def adjoint(
     live = [p for p, a in zip(params, active, strict=True) if a]
 
     def merge(live_params):
-        it = iter(live_params)
-        return [next(it) if a else p for p, a in zip(params, active, strict=True)]
+        return merge_live(params, active, live_params)
 
     def transposed(X, Lam):
         """`A^T lambda` for the rows of `Lam`; `X` (like `Lam`) only fixes shapes."""
