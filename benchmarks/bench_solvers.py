@@ -1,11 +1,12 @@
 """Benchmark `matfree.solve` against jax.scipy, lineax and scipy on the same problems.
 
-Usage: python benchmarks/bench_solvers.py [--quick] [--poisson] [--reps N]
+Usage: python benchmarks/bench_solvers.py [--quick] [--poisson] [--reps N] [--interleave R]
 
 `--poisson`: only the 2-D Poisson rows at n = 10^4 and 99,856 (CG and MINRES
 against jax.scipy, lineax and scipy), written to
 benchmarks/results/solvers_poisson.md; `--reps`: timed runs per row
-(default 3, 2 with `--quick`).
+(default 3, 2 with `--quick`); `--interleave R`: only CG against jax.scipy's
+CG at n = 10^4, called in turn R times (see `interleaved`).
 
 Problems (float64, rtol = 1e-6 relative to |b| in the 2-norm, atol = 0 everywhere):
 2-D Poisson (CG, MINRES), RBF kernel + noise 1e-2 (CG, pivoted-Cholesky CG),
@@ -499,12 +500,63 @@ def write(quick, out="solvers"):
     fig.savefig(os.path.join(HERE, "figures", out + ".png"), dpi=100)
 
 
+def interleaved(side, rounds):
+    """matfree CG and jax.scipy CG on 2-D Poisson, called in turn `rounds` times.
+
+    One process, one warm-up each; at n = 10^4 a solve takes a few ms and the
+    block order of `jax_problem`'s timings moves its medians by tens of per
+    cent, which calling the two in turn cancels. Prints wall- and CPU-time
+    medians and the best round of each, and their ratios (matfree / jax.scipy).
+    """
+    n = side * side
+    mv = operators.laplace_2d((side, side))
+    b = jnp.ones(n)
+    maxiter = 20 * side
+    ours = jax.jit(
+        lambda b: (
+            matfree.solve(mv, b, method="cg", rtol=RTOL, maxiter=maxiter, throw=False).value
+        )
+    )
+    peer = jax.jit(lambda b: jsp("cg", maxiter)(mv, b)[0])
+    times = {"matfree cg": ([], []), "jax.scipy cg": ([], [])}
+    for f in (ours, peer):
+        f(b).block_until_ready()
+    for _ in range(rounds):
+        for name, f in (("matfree cg", ours), ("jax.scipy cg", peer)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            f(b).block_until_ready()
+            times[name][0].append(time.perf_counter() - w0)
+            times[name][1].append(time.process_time() - c0)
+    (ow, oc), (pw, pc) = times["matfree cg"], times["jax.scipy cg"]
+    med = statistics.median
+    print(f"2-D Poisson n = {n}, {rounds} rounds, interleaved (matfree / jax.scipy):")
+    print(
+        f"  wall median {med(ow) * 1e3:.2f} / {med(pw) * 1e3:.2f} ms = {med(ow) / med(pw):.3f}"
+    )
+    print(
+        f"  wall best   {min(ow) * 1e3:.2f} / {min(pw) * 1e3:.2f} ms = {min(ow) / min(pw):.3f}"
+    )
+    print(
+        f"  cpu median  {med(oc) * 1e3:.2f} / {med(pc) * 1e3:.2f} ms = {med(oc) / med(pc):.3f}"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--poisson", action="store_true")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="only CG vs jax.scipy CG at n = 10^4, called in turn ROUNDS times",
+    )
     args = parser.parse_args()
+    if args.interleave:
+        interleaved(100, args.interleave)
+        return
     reps = args.reps or (2 if args.quick else 3)
     if args.poisson:
         for side in (100, 316):
