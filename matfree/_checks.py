@@ -196,6 +196,20 @@ def _describe(v) -> str:
     return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
 
+def check_materialize(materialize, mesh):
+    """Validate a `materialize=` option (a bool; not together with a `mesh`)."""
+    if not isinstance(materialize, bool):
+        msg = f"`materialize` must be True or False; got {materialize!r}."
+        raise TypeError(msg)
+    if materialize and mesh is not None:
+        msg = (
+            "`materialize=True` does not take a `mesh` (the stored kernel matrix would "
+            "sit whole on each device); pass `materialize=False` to shard the matvec."
+        )
+        raise ValueError(msg)
+    return materialize
+
+
 def check_mesh(mesh, n):
     """Validate a `mesh=` option: a `jax.sharding.Mesh` whose size divides `n`."""
     if not isinstance(mesh, jax.sharding.Mesh):

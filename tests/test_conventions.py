@@ -33,6 +33,7 @@ KEYWORD_ONLY = (
     "chunk_size",
     "rows_per_block",
     "mesh",
+    "materialize",
 )
 GRADIENTS = ("adjoint", "autodiff", "hutchinson")
 

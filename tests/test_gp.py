@@ -125,6 +125,93 @@ def test_rows_per_block_does_not_change_results():
         assert jnp.allclose(g1[k], g2[k], rtol=1e-8), k
 
 
+@pytest.mark.parametrize("gradient", ["hutchinson", "adjoint"])
+def test_materialize_gives_the_matrix_free_value_and_gradient(gradient):
+    # The stored kernel matrix changes only the order of the sums in a matvec.
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda p, m: _lml(
+                p, KEY, gradient=gradient, materialize=m, rows_per_block=16, rtol=1e-10
+            )
+        ),
+        static_argnums=1,
+    )
+    (v0, g0), (v1, g1) = f(P, False), f(P, True)
+    assert jnp.allclose(v0, v1, rtol=1e-10)
+    for k in g0:
+        assert jnp.allclose(g0[k], g1[k], rtol=1e-8), k
+
+
+def test_materialize_gradient_is_the_derivative_of_the_estimate():
+    def f(ls, var, noise):
+        p = {"lengthscale": ls, "variance": var, "noise": noise}
+        opts = {"precond_rank": 10, "depth": 12, "num_probes": 3, "rtol": 1e-12}
+        return _lml(p, KEY, gradient="adjoint", materialize=True, **opts)
+
+    args = (P["lengthscale"], P["variance"], P["noise"])
+    check_grads(jax.jit(f), args, order=1, modes=["rev"], rtol=1e-4)
+
+
+def test_materialize_in_predict_and_sample_prior():
+    kw = {"rows_per_block": 16, "rtol": 1e-10}
+    a = gp.predict(P, X, Y, X[:7], **kw)
+    b = gp.predict(P, X, Y, X[:7], materialize=True, **kw)
+    assert jnp.allclose(a.mean, b.mean, rtol=1e-8)
+    assert jnp.allclose(a.variance, b.variance, rtol=1e-6, atol=1e-10)
+    s0 = gp.sample_prior(P, X, key=KEY, depth=40).value
+    s1 = gp.sample_prior(P, X, key=KEY, depth=40, materialize=True).value
+    assert jnp.allclose(s0, s1, rtol=1e-8, atol=1e-10)
+
+
+def test_materialized_kernel_matvec_matches_the_blocked_one_and_its_gradients():
+    ls = jnp.asarray([0.3, 0.6])
+    v = jax.random.normal(jax.random.PRNGKey(4), (N, 3))
+
+    def f(x, ls, var, noise, v, materialize):
+        mv = operators.kernel_matvec(
+            x,
+            kernel="matern52",
+            lengthscale=ls,
+            variance=var,
+            noise=noise,
+            rows_per_block=32,
+            materialize=materialize,
+        )
+        return jnp.sum(jnp.tanh(mv(v)))
+
+    args = (X, ls, 1.3, 0.1, v)
+    g0 = jax.grad(f, argnums=range(5))(*args, False)
+    g1 = jax.jit(jax.grad(f, argnums=range(5)), static_argnums=5)(*args, True)
+    assert jnp.allclose(f(*args, False), f(*args, True), rtol=1e-12)
+    for a, b in zip(g0, g1, strict=True):
+        assert jnp.allclose(a, b, rtol=1e-10, atol=1e-12)
+    check_grads(lambda *a: f(*a, True), args, order=1, modes=["rev"])
+    # order 2 w.r.t. all but `x` (finite differences in `x` cross the kink of the
+    # Matérn kernel's `r` at the diagonal, for the blocked matvec alike)
+    check_grads(lambda *a: f(X, *a, True), args[1:], order=2, modes=["rev"])
+    # grad of grad, also through the cotangent of `v` (the rule differentiated again)
+    gg = jax.grad(lambda ls, m: jnp.sum(jax.grad(f, argnums=4)(X, ls, 1.3, 0.1, v, m) ** 2))
+    assert jnp.allclose(gg(ls, False), gg(ls, True), rtol=1e-10)
+    # vmap over vectors is one product with the stored matrix
+    mv = operators.kernel_matvec(X, lengthscale=ls, materialize=True)
+    K = operators.kernel_matrix(X, X, lengthscale=ls)
+    assert jnp.allclose(jax.vmap(mv)(v.T), (K @ v).T, rtol=1e-12)
+
+
+def test_materialize_errors():
+    mesh = jax.make_mesh((1,), ("rows",))
+    with pytest.raises(TypeError, match="`materialize` must be True or False"):
+        operators.kernel_matvec(X, materialize="yes")
+    with pytest.raises(ValueError, match="`materialize=True` does not take a `mesh`"):
+        operators.kernel_matvec(X, materialize=True, mesh=mesh)
+    with pytest.raises(ValueError, match="`materialize=True` does not take a `mesh`"):
+        gp.log_marginal_likelihood(P, X, Y, key=KEY, materialize=True, mesh=mesh)
+    with pytest.raises(TypeError, match="`materialize` must be True or False"):
+        gp.predict(P, X, Y, X[:2], materialize=1)
+    with pytest.raises(ValueError, match="`materialize=True` does not take a `mesh`"):
+        gp.sample_prior(P, X, key=KEY, materialize=True, mesh=mesh)
+
+
 def _result(p, key, **kw):
     return gp.log_marginal_likelihood(p, X, Y, key=key, **kw)
 

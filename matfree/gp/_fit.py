@@ -98,7 +98,8 @@ def fit(
         Passed to `log_marginal_likelihood` (e.g. `kernel=`, `method=`,
         `gradient=`, `num_probes=`, `depth=`, `precond_rank=`, `rtol=`,
         `rows_per_block=`, `mesh=`: the sharded kernel matvec,
-        `docs/sharding.md`).
+        `docs/sharding.md`; `materialize=True`: the kernel matrix stored once
+        per evaluation, several times faster where `n^2` numbers fit).
 
     Returns
     -------

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 from matfree import _checks, operators, precond, slq, solvers
 from matfree import status as _status
 from matfree.gp import _params
-from matfree.gp._operator import factor, kernel_operator, matmat_operator, preconditioner
+from matfree.gp._operator import (
+    factor,
+    kernel_operator,
+    matmat_operator,
+    preconditioner,
+    stored_kernel,
+)
 
 METHODS = ("iterative", "cholesky")
 GRADIENTS = ("hutchinson", "adjoint")
@@ -59,6 +65,7 @@ def log_marginal_likelihood(
     maxiter: int | None = None,
     rows_per_block: int = 128,
     mesh=None,
+    materialize: bool = False,
     throw: bool = True,
 ) -> LMLResult:
     r"""Log marginal likelihood `log N(y | 0, K + noise I)` of a GP, and its gradient.
@@ -119,6 +126,12 @@ def log_marginal_likelihood(
         and of `X` per matvec; `n` must be divisible by the number of
         devices); shard `X` and `y` over the mesh too (`docs/sharding.md`).
         The result equals the unsharded one to rounding.
+    materialize
+        Form the kernel matrix once per call and reuse it in every CG and
+        Lanczos matvec (`operators.kernel_matvec(materialize=True)`): memory
+        `n^2` numbers instead of `rows_per_block n`, several times faster
+        where it fits (`benchmarks/RESULTS.md`); the gradient still
+        recomputes row blocks. Not with `mesh`.
     throw
         Raise if `status` is non-zero (a CG solve that did not converge, a
         failed log-determinant); `False` returns the result with its status.
@@ -176,6 +189,7 @@ def log_marginal_likelihood(
             else _checks.check_int(maxiter, "maxiter"),
             "rows_per_block": _checks.check_int(rows_per_block, "rows_per_block"),
             "mesh": None if mesh is None else _checks.check_mesh(mesh, n),
+            "materialize": _checks.check_materialize(materialize, mesh),
         }
         result = _iterative(params, X, y, key, **opts)
     return _status.error_if(result, result.status) if throw else result
@@ -204,13 +218,18 @@ def _iterative(
     maxiter,
     rows_per_block,
     mesh,
+    materialize,
 ) -> LMLResult:
     n = X.shape[0]
+    K = stored_kernel(
+        params, X, kernel=kernel, rows_per_block=rows_per_block, materialize=materialize
+    )
+    blocking = {"rows_per_block": rows_per_block, "mesh": mesh, "K": K}
     P, piv = None, None
     if rank:
-        P, piv = preconditioner(params, X, kernel=kernel, rank=rank)
+        P, piv = preconditioner(params, X, kernel=kernel, rank=rank, K=K)
     key_solve, key_logdet = jax.random.split(key)
-    args = (params, X, y, kernel, (rows_per_block, mesh), P, rtol, maxiter)
+    args = (params, X, y, kernel, blocking, P, rtol, maxiter)
     if gradient == "hutchinson":
         quad, trace_term, sol = _hutchinson(*args, key_solve, num_probes, piv)
         ld_params, P_ld = jax.lax.stop_gradient(params), P
@@ -221,9 +240,7 @@ def _iterative(
         # the exact log det P is the control variate of the value *and* the gradient.
         ld_params = params
         P_ld = None if P is None else _differentiable(params, X, piv, kernel)
-    matvec = kernel_operator(
-        ld_params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh
-    )
+    matvec = kernel_operator(ld_params, X, kernel=kernel, **blocking)
     if gradient == "hutchinson":
         matvec = matmat_operator(matvec)
     ld = slq.logdet(
@@ -261,22 +278,19 @@ def _dense_lml(params, X, y, kernel):
 
 
 def _hutchinson(params, X, y, kernel, blocking, P, rtol, maxiter, key, num_probes, piv):
-    rows_per_block, mesh = blocking
     n = X.shape[0]
     W = jax.random.rademacher(key, (num_probes, n), dtype=X.dtype)
     # z = P^{1/2} w ~ N(0, P) (approximately, for Rademacher w); P^{-1} z = P^{-1/2} w.
     Z, V = (W, W) if P is None else (P.sqrt(W), P.inv_sqrt(W))
     stopped = jax.lax.stop_gradient(params)
-    mv_stop = matmat_operator(
-        kernel_operator(stopped, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
-    )
+    mv_stop = matmat_operator(kernel_operator(stopped, X, kernel=kernel, **blocking))
     rhs = jnp.concatenate([jax.lax.stop_gradient(y)[None], Z])  # (1 + num_probes, n)
     sol = solvers.solve(
         mv_stop, rhs, precond=P, rtol=rtol, maxiter=maxiter, batched=True, throw=False
     )
     S = jax.lax.stop_gradient(sol.value)
     alpha, U = S[0], S[1:]
-    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
+    mv = kernel_operator(params, X, kernel=kernel, **blocking)
     KM = mv(jnp.concatenate([alpha[None], V]).T).T  # one kernel matmat on columns
     quad = 2 * alpha @ y - alpha @ KM[0]
     tr = jnp.sum(U * KM[1:]) / num_probes
@@ -289,8 +303,7 @@ def _hutchinson(params, X, y, kernel, blocking, P, rtol, maxiter, key, num_probe
 
 
 def _adjoint_quad(params, X, y, kernel, blocking, P, rtol, maxiter):
-    rows_per_block, mesh = blocking
-    mv = kernel_operator(params, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
+    mv = kernel_operator(params, X, kernel=kernel, **blocking)
     sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
     return y @ sol.value, sol
 

@@ -11,11 +11,33 @@ import jax.numpy as jnp
 from matfree import operators, precond
 
 
-def kernel_operator(params, X, *, kernel, rows_per_block, mesh=None):
+def stored_kernel(params, X, *, kernel, rows_per_block, materialize):
+    """`K` formed once at `stop_gradient(params)` for `materialize=True`, else `None`."""
+    if not materialize:
+        return None
+    p = jax.lax.stop_gradient(params)
+    return operators._kernel_matrix_blocked(
+        X, p["lengthscale"], p["variance"], kernel=kernel, rows_per_block=rows_per_block
+    )
+
+
+def kernel_operator(params, X, *, kernel, rows_per_block, mesh=None, K=None):
     """The matvec of `K + noise I`, computed in row blocks (accepts `(n,)` or `(n, m)`).
 
     With a `mesh`, rows are sharded over its devices (`operators.kernel_matvec`).
+    With a stored `K` (`stored_kernel`, at the same `params`), each matvec is a
+    product with `K`; gradients to `params` still recompute row blocks.
     """
+    if K is not None:
+        return operators._stored_kernel_matvec(
+            K,
+            X,
+            params["lengthscale"],
+            params["variance"],
+            params["noise"],
+            kernel=kernel,
+            rows_per_block=rows_per_block,
+        )
     return operators.kernel_matvec(
         X,
         kernel=kernel,
@@ -47,17 +69,19 @@ def matmat_operator(matvec):
     return mv
 
 
-def pivots(params, X, *, kernel, rank):
+def pivots(params, X, *, kernel, rank, K=None):
     """Indices of `rank` greedy pivots of a partial pivoted Cholesky of `K` (no gradient).
 
     The pivots of `matfree.precond.pivoted_cholesky` (largest remaining
     diagonal of the Schur complement); the indices are needed to rebuild the
-    factor differentiably (`factor`).
+    factor differentiably (`factor`). Rows are read from a stored `K` if given.
     """
     p = jax.lax.stop_gradient(params)
     kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
 
     def row_fn(i):
+        if K is not None:
+            return K[i]
         return operators.kernel_matrix(X[i][None], X, **kw)[0]
 
     diagonal = p["variance"] * jnp.ones(X.shape[0], X.dtype)
@@ -83,10 +107,10 @@ def factor(params, X, piv, *, kernel):
     return jax.scipy.linalg.solve_triangular(C, KXS.T, lower=True).T
 
 
-def preconditioner(params, X, *, kernel, rank):
+def preconditioner(params, X, *, kernel, rank, K=None):
     """`(P, piv)`: the pivoted-Cholesky preconditioner `B B^T + noise I` (no gradient)."""
     p = jax.lax.stop_gradient(params)
-    piv = pivots(p, X, kernel=kernel, rank=rank)
+    piv = pivots(p, X, kernel=kernel, rank=rank, K=K)
     # Not the `LowRank` of `precond.pivoted_cholesky` (same pivots): `P` must equal
     # `B B^T + noise I` for the differentiable `B = factor(...)`, jitter included,
     # which the Hutchinson control variate subtracts; otherwise the trace estimate is

@@ -12,7 +12,7 @@ from matfree import _checks, funm, operators, solvers
 from matfree import status as _status
 from matfree.gp import _params
 from matfree.gp._lml import METHODS
-from matfree.gp._operator import kernel_operator, preconditioner
+from matfree.gp._operator import kernel_operator, preconditioner, stored_kernel
 
 
 class Prediction(NamedTuple):
@@ -65,6 +65,7 @@ def predict(
     rows_per_block: int = 128,
     chunk_size: int = 128,
     mesh=None,
+    materialize: bool = False,
     throw: bool = True,
 ) -> Prediction:
     r"""Predictive mean and variance of the latent function at `X_new`.
@@ -93,9 +94,10 @@ def predict(
         `"iterative"` or `"cholesky"` (dense reference).
     variance
         Also compute the variances (else the result's `variance` is `None`).
-    precond_rank, rtol, maxiter, rows_per_block, mesh
+    precond_rank, rtol, maxiter, rows_per_block, mesh, materialize
         As in `log_marginal_likelihood` (here `rtol` defaults to `1e-6`;
-        with a `mesh`, the training solves use the sharded kernel matvec).
+        with a `mesh`, the training solves use the sharded kernel matvec;
+        `materialize=True` stores the training kernel matrix for all solves).
     chunk_size
         Test points per batched variance solve (processed in sequential
         chunks; the result does not depend on it).
@@ -153,7 +155,7 @@ def predict(
         if mesh is not None:
             _checks.check_mesh(mesh, n)
         static = (kernel, bool(variance), precond_rank, maxiter, rows_per_block, chunk_size)
-        static += (mesh,)
+        static += (mesh, _checks.check_materialize(materialize, mesh))
         rtol = jnp.asarray(rtol, X.dtype)
         mean, var, status = _predict_iterative(p, X, y, X_new, rtol, *static)
         var = var if variance else None
@@ -174,7 +176,7 @@ def _predict_cholesky(p, X, y, X_new, kernel, variance):
     return mean, p["variance"] - jnp.sum(A * A, axis=0)
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(5, 12)))
+@functools.partial(jax.jit, static_argnums=tuple(range(5, 13)))
 def _predict_iterative(
     p,
     X,
@@ -188,6 +190,7 @@ def _predict_iterative(
     rows_per_block,
     chunk_size,
     mesh,
+    materialize,
 ):
     d = X.shape[1]
     kw = {"kernel": kernel, "lengthscale": p["lengthscale"], "variance": p["variance"]}
@@ -195,8 +198,14 @@ def _predict_iterative(
     def cross(rows):  # k(rows, X), shape (len(rows), n)
         return operators.kernel_matrix(rows, X, **kw)
 
-    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
-    P = preconditioner(p, X, kernel=kernel, rank=precond_rank)[0] if precond_rank else None
+    blocking = {"rows_per_block": rows_per_block, "mesh": mesh}
+    K = stored_kernel(
+        p, X, kernel=kernel, rows_per_block=rows_per_block, materialize=materialize
+    )
+    mv = kernel_operator(p, X, kernel=kernel, K=K, **blocking)
+    P = None
+    if precond_rank:
+        P = preconditioner(p, X, kernel=kernel, rank=precond_rank, K=K)[0]
     opts = {"precond": P, "rtol": rtol, "maxiter": maxiter, "throw": False}
     sol = solvers.solve(mv, y, **opts)
     alpha = sol.value
@@ -233,6 +242,7 @@ def sample_prior(
     depth: int = 100,
     rows_per_block: int = 128,
     mesh=None,
+    materialize: bool = False,
     throw: bool = True,
 ) -> Samples:
     r"""Sample noisy observations `y ~ N(0, K + noise I)` at `X`, matrix-free.
@@ -266,6 +276,9 @@ def sample_prior(
         and of `X` per matvec; `n` must be divisible by the number of
         devices); shard `X` and `y` over the mesh too (`docs/sharding.md`).
         The result equals the unsharded one to rounding.
+    materialize
+        Form the kernel matrix once and reuse it in every Lanczos matvec
+        (memory `n^2` numbers; as in `log_marginal_likelihood`).
     throw
         Raise if `status` is non-zero; `False` returns it in the result.
 
@@ -291,15 +304,19 @@ def sample_prior(
     rows_per_block = _checks.check_int(rows_per_block, "rows_per_block")
     if mesh is not None:
         _checks.check_mesh(mesh, n)
-    args = (kernel, num_samples, depth, rows_per_block, mesh)
+    materialize = _checks.check_materialize(materialize, mesh)
+    args = (kernel, num_samples, depth, rows_per_block, mesh, materialize)
     result = Samples(*_sample(p, X, key, *args))
     return _status.error_if(result, result.status) if throw else result
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _sample(p, X, key, kernel, num_samples, depth, rows_per_block, mesh):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _sample(p, X, key, kernel, num_samples, depth, rows_per_block, mesh, materialize):
     n = X.shape[0]
-    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh)
+    K = stored_kernel(
+        p, X, kernel=kernel, rows_per_block=rows_per_block, materialize=materialize
+    )
+    mv = kernel_operator(p, X, kernel=kernel, rows_per_block=rows_per_block, mesh=mesh, K=K)
     shape = (n,) if num_samples is None else (num_samples, n)
     Z = jax.random.normal(key, shape, X.dtype)
 
