@@ -356,6 +356,15 @@ WP_CONFIGS = {
         "precond_rank": 100,
     },
     "defaults": {},  # num_probes 16, depth 20, rtol 1e-3, rank 100
+    # The same with the kernel matrix stored once per epoch (`materialize=True`).
+    "gpytorch-settings-materialize": {
+        "num_probes": 10,
+        "depth": 10,
+        "rtol": 0.01,
+        "precond_rank": 15,
+        "materialize": True,
+    },
+    "defaults-materialize": {"materialize": True},
 }
 
 
@@ -563,6 +572,7 @@ def main():
     ap.add_argument("--wp-n", type=int, default=10000)
     ap.add_argument("--wp-dtypes", default="float64,float32")
     ap.add_argument("--wp-configs", default=",".join(WP_CONFIGS))
+    ap.add_argument("--wp-out", default="gp_wp", help="results/<name>.md and .json")
     args = ap.parse_args()
     if args.worker:
         kind, n, r = args.worker
@@ -583,7 +593,7 @@ def main():
         if args.quick:
             configs = configs[:1]
         rows = work_precision(n, args.wp_dtypes.split(","), configs, timeout=1800)
-        write_wp(rows, n, _util.machine(), "gp_wp_quick" if args.quick else "gp_wp")
+        write_wp(rows, n, _util.machine(), "gp_wp_quick" if args.quick else args.wp_out)
         return
 
     sizes = [int(s) for s in args.sizes.split(",") if s]

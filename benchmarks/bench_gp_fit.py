@@ -18,6 +18,7 @@ with torch and gpytorch; skipped if it has none), same test metrics.
 Usage:
     python benchmarks/bench_gp_fit.py --n 10000          # 8,000 training rows
     python benchmarks/bench_gp_fit.py --n 0 --no-gpytorch  # all 36,584 training rows
+    python benchmarks/bench_gp_fit.py --n 0 --no-gpytorch --materialize  # K stored (5.4 GB)
 Writes `benchmarks/results/gp_fit_<n>.json`.
 """
 
@@ -85,6 +86,7 @@ def fit_matfree(args):
         "rtol": args.rtol,
         "precond_rank": args.precond_rank,
         "gradient": args.gradient,
+        "materialize": args.materialize,
     }
     linesearch = optax.scale_by_zoom_linesearch(
         max_linesearch_steps=args.max_linesearch_steps, initial_guess_strategy="one"
@@ -114,6 +116,7 @@ def fit_matfree(args):
         "precond_rank": CFG["rank"],
         "rtol": CFG["rtol"],
         "chunk_size": args.chunk_size,
+        "materialize": args.materialize,
     }
     m = Xte.shape[0] if args.nll_rows is None else min(args.nll_rows, Xte.shape[0])
     pred = gp.predict(res.params, X, y, jnp.asarray(Xte[:m]), **popts)
@@ -247,6 +250,11 @@ def main():
     ap.add_argument("--gradient", default="adjoint", choices=("hutchinson", "adjoint"))
     ap.add_argument("--chunk-size", type=int, default=512, help="gp.predict chunk_size")
     ap.add_argument(
+        "--materialize",
+        action="store_true",
+        help="store the kernel matrix once per evaluation (memory n^2; matfree's fit)",
+    )
+    ap.add_argument(
         "--nll-rows",
         type=int,
         default=None,
@@ -272,6 +280,7 @@ def main():
         print({k: v for k, v in out["gpytorch"].items() if k != "losses"}, flush=True)
     tag = "" if args.precond_rank == CFG["rank"] else f"_rank{args.precond_rank}"
     tag += "" if args.gradient == "hutchinson" else f"_{args.gradient}"
+    tag += "_materialize" if args.materialize else ""
     path = HERE / "results" / f"gp_fit_{args.n or 'full'}{tag}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
