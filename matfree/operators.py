@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from matfree import _checks
+from matfree.decomp._krylov import merge_live
 
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
 
@@ -108,8 +109,9 @@ def kernel_matvec(
     is repeated (a CG solve, a Lanczos run) and `K` fits in memory. The
     gradient w.r.t. `x`, `lengthscale` and `variance` still recomputes the
     kernel in row blocks of `rows_per_block` (a custom VJP), so the backward
-    pass needs no `n^2` cotangent; reverse mode only (`jax.grad`, also
-    nested), no `jax.jvp`. Not with `mesh`.
+    pass needs no `n^2` cotangent. First derivatives (`jax.grad`, `jax.jvp`)
+    equal the matrix-free ones; for higher derivatives (`jax.hessian`, grad
+    of grad) use `materialize=False`. Not with `mesh`.
 
     Examples
     --------
@@ -192,27 +194,46 @@ def _kernel_matrix_blocked(x, lengthscale, variance, *, kernel, rows_per_block):
 def _stored_kernel_matvec(K, x, lengthscale, variance, noise, *, kernel, rows_per_block):
     """The matvec of `K + noise I` for a stored `K = kernel_matrix(x, x)`.
 
-    Forward: one product with `K`. Reverse: the cotangent of `v` is `K g`
-    (`K` is symmetric) and those of `x`, `lengthscale`, `variance` come from
-    the blocked recomputation (`_blocked_apply`), so no `n^2` cotangent is formed.
+    Forward: one product with `K`. Derivatives: a custom JVP, `K dv` plus the
+    tangent of the blocked matvec (`_blocked_apply`) in the perturbed ones of
+    `x`, `lengthscale`, `variance` (`symbolic_zeros`: a data set `x` that is
+    not differentiated costs nothing). Reverse mode transposes it, so the
+    parameter cotangent of a batch of vectors is one blocked recomputation
+    whose kernel blocks are shared by the batch, as for the matrix-free
+    matvec. `K` (computed at stopped parameters) gets no tangent, so
+    derivatives beyond the first that pass through the vector's path (a
+    gradient w.r.t. `v`, differentiated again w.r.t. the parameters) miss the
+    parameters' effect on `K`: first derivatives only.
     """
     kw = {"kernel": kernel, "rows_per_block": rows_per_block}
 
-    @jax.custom_vjp
+    @jax.custom_jvp
     def apply(K, x, lengthscale, variance, v):
         return K @ v
 
-    def fwd(K, x, lengthscale, variance, v):
-        # `apply` itself (not `K @ v`): differentiated again, fwd and bwd keep the
-        # parameters' path behind the stored `K` (grad of grad).
-        return apply(K, x, lengthscale, variance, v), (K, x, lengthscale, variance, v)
+    def apply_jvp(primals, tangents):
+        K, x, ls, var, v = primals
+        tangents = tangents[1:]  # `K` is stopped: no tangent
+        out = apply(K, x, ls, var, v)
+        zero = jax.custom_derivatives.SymbolicZero
+        live = [not isinstance(t, zero) for t in tangents[:3]]
+        tangent = None
+        if any(live):
 
-    def bwd(res, g):
-        K, x, lengthscale, variance, v = res
-        _, vjp = jax.vjp(lambda *a: _blocked_apply(*a, v, **kw), x, lengthscale, variance)
-        return (None, *vjp(g), apply(K, x, lengthscale, variance, g))
+            def blocked(*lp):
+                return _blocked_apply(*merge_live((x, ls, var), live, lp), v, **kw)
 
-    apply.defvjp(fwd, bwd)
+            lp = [p for p, a in zip((x, ls, var), live, strict=True) if a]
+            lt = [t for t, a in zip(tangents[:3], live, strict=True) if a]
+            tangent = jax.jvp(blocked, lp, lt)[1]
+        if not isinstance(tangents[3], zero):
+            dv = apply(K, x, ls, var, tangents[3])
+            tangent = dv if tangent is None else tangent + dv
+        if tangent is None:
+            tangent = jnp.zeros_like(out)
+        return out, tangent
+
+    apply.defjvp(apply_jvp, symbolic_zeros=True)
     ls = jnp.asarray(lengthscale, x.dtype)
     var = jnp.asarray(variance, x.dtype)
 

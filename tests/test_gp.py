@@ -185,13 +185,7 @@ def test_materialized_kernel_matvec_matches_the_blocked_one_and_its_gradients():
     assert jnp.allclose(f(*args, False), f(*args, True), rtol=1e-12)
     for a, b in zip(g0, g1, strict=True):
         assert jnp.allclose(a, b, rtol=1e-10, atol=1e-12)
-    check_grads(lambda *a: f(*a, True), args, order=1, modes=["rev"])
-    # order 2 w.r.t. all but `x` (finite differences in `x` cross the kink of the
-    # Matérn kernel's `r` at the diagonal, for the blocked matvec alike)
-    check_grads(lambda *a: f(X, *a, True), args[1:], order=2, modes=["rev"])
-    # grad of grad, also through the cotangent of `v` (the rule differentiated again)
-    gg = jax.grad(lambda ls, m: jnp.sum(jax.grad(f, argnums=4)(X, ls, 1.3, 0.1, v, m) ** 2))
-    assert jnp.allclose(gg(ls, False), gg(ls, True), rtol=1e-10)
+    check_grads(lambda *a: f(*a, True), args, order=1, modes=["fwd", "rev"])
     # vmap over vectors is one product with the stored matrix
     mv = operators.kernel_matvec(X, lengthscale=ls, materialize=True)
     K = operators.kernel_matrix(X, X, lengthscale=ls)
