@@ -341,29 +341,19 @@ def exact_loss_per_point(n, params):
 # (softplus) parameters by the chain rule.
 
 WP_POINT = {"lengthscale": 1.0, "variance": 1.0, "noise": 0.1}
+GPYTORCH_SETTINGS = {  # `CFG` in `gp.log_marginal_likelihood`'s words
+    "num_probes": CFG["probes"],
+    "depth": CFG["depth"],
+    "rtol": CFG["rtol"],
+    "precond_rank": CFG["rank"],
+}
 WP_CONFIGS = {
-    "gpytorch-settings": {"num_probes": 10, "depth": 10, "rtol": 0.01, "precond_rank": 15},
-    "gpytorch-settings-rank50": {
-        "num_probes": 10,
-        "depth": 10,
-        "rtol": 0.01,
-        "precond_rank": 50,
-    },
-    "gpytorch-settings-rank100": {
-        "num_probes": 10,
-        "depth": 10,
-        "rtol": 0.01,
-        "precond_rank": 100,
-    },
+    "gpytorch-settings": GPYTORCH_SETTINGS,
+    "gpytorch-settings-rank50": {**GPYTORCH_SETTINGS, "precond_rank": 50},
+    "gpytorch-settings-rank100": {**GPYTORCH_SETTINGS, "precond_rank": 100},
     "defaults": {},  # num_probes 16, depth 20, rtol 1e-3, rank 100
     # The same with the kernel matrix stored once per epoch (`materialize=True`).
-    "gpytorch-settings-materialize": {
-        "num_probes": 10,
-        "depth": 10,
-        "rtol": 0.01,
-        "precond_rank": 15,
-        "materialize": True,
-    },
+    "gpytorch-settings-materialize": {**GPYTORCH_SETTINGS, "materialize": True},
     "defaults-materialize": {"materialize": True},
 }
 

@@ -1,6 +1,6 @@
 """One evaluation of the GP fit's loss (value + gradient) on protein, with its CG steps.
 
-The loss of `bench_gp_fit.py` (Matérn-3/2 ARD, 10 probes, depth 10, CG rtol
+The loss of `bench_gp_fit.py` (Matérn-3/2 ARD, `bench_gp.CFG`'s probes and depth, CG rtol
 `--rtol`, pivoted Cholesky of rank `--rank`, `gradient=--gradient`) at the
 hyperparameters of the 8,000-row fit's optimum (short lengthscales: the
 late evaluations of a fit), compiled ahead of time; prints the loss per
@@ -20,7 +20,11 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_gp import CFG  # noqa: E402  GPyTorch's settings, shared with the fit benchmark
 
 # The 8,000-row fit's optimum (benchmarks/results/gp_fit_10000_adjoint.log), float32.
 OPTIMUM = {
@@ -33,8 +37,8 @@ OPTIMUM = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10000, help="rows of protein (0: all)")
-    ap.add_argument("--rank", type=int, default=15)
-    ap.add_argument("--rtol", type=float, default=0.01)
+    ap.add_argument("--rank", type=int, default=CFG["rank"])
+    ap.add_argument("--rtol", type=float, default=CFG["rtol"])
     ap.add_argument("--gradient", default="adjoint", choices=("hutchinson", "adjoint"))
     ap.add_argument("--materialize", action="store_true")
     args = ap.parse_args()
@@ -51,8 +55,8 @@ def main():
     p = {k: jnp.asarray(v, jnp.float32) for k, v in OPTIMUM.items()}
     opts = {
         "kernel": "matern32",
-        "num_probes": 10,
-        "depth": 10,
+        "num_probes": CFG["probes"],
+        "depth": CFG["depth"],
         "rtol": args.rtol,
         "precond_rank": args.rank,
         "gradient": args.gradient,
