@@ -1,8 +1,31 @@
-"""Doctest configuration: doctests run in float64, like the test suite."""
+"""Configuration for the whole suite (tests and doctests): float64, fast compiles.
+
+It also frees each module's compiled programs when the module ends; see
+`_free_compiled_programs`.
+"""
+
+import gc
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
 # Tests are dominated by compilation; XLA's optimisation passes cost ~40% of
 # the suite's time and change no result beyond rounding.
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's caches of compiled programs after each test module.
+
+    Each program XLA:CPU compiles holds three memory mappings of its own (code,
+    constants, data) for as long as a cache keeps it. A test worker that runs the
+    whole suite keeps ~20,000 programs and reaches Linux's default limit of 65,530
+    mappings per process (`vm.max_map_count`); the next compilation then aborts
+    the worker inside `backend_compile_and_load`, in whatever test comes next.
+    Programs are not shared between modules, so dropping them costs nothing.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
