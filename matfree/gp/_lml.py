@@ -102,11 +102,14 @@ def log_marginal_likelihood(
         P^{-1} z_i` (Gardner et al. 2018) with the control variate `log det
         P`, which costs one VJP of the kernel matmat; the log-determinant
         value comes from `matfree.logdet` without differentiation.
-        `"adjoint"`: the exact derivative of the estimate itself,
-        differentiating through `matfree.solve` (one adjoint CG solve) and
-        `matfree.logdet` (Lanczos adjoint): about `depth` more kernel VJPs.
+        `"adjoint"`: the exact derivative of the log-determinant estimate
+        itself, through `matfree.logdet` (Lanczos adjoint: about `depth` more
+        kernel VJPs), and `-a^T dK a` for the quadratic term at the CG
+        solution `a` (what implicit differentiation of the solve gives: its
+        adjoint system is the same one, so no second CG solve is run).
         Both are unbiased for the exact gradient up to the CG and quadrature
-        errors.
+        errors. Both give first derivatives in reverse mode (`jax.grad`);
+        a second derivative is not that of the estimate.
     num_probes, depth
         Probes and Lanczos depth of the log-determinant (static ints).
     precond_rank
@@ -303,9 +306,19 @@ def _hutchinson(params, X, y, kernel, blocking, P, rtol, maxiter, key, num_probe
 
 
 def _adjoint_quad(params, X, y, kernel, blocking, P, rtol, maxiter):
+    """`y^T K^{-1} y` as `2 a^T y - a^T K a` at the CG solution `a` of `K a = y`.
+
+    `a` is a constant: the gradient is `2 a^T dy - a^T dK a`, what differentiating
+    the solve (implicit differentiation) gives, since its adjoint system `K l = y` is
+    the same system and its CG solve would return `a` again. One CG solve, not two.
+    """
+    stopped = jax.lax.stop_gradient(params)
+    mv_stop = kernel_operator(stopped, X, kernel=kernel, **blocking)
+    b = jax.lax.stop_gradient(y)
+    sol = solvers.solve(mv_stop, b, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
+    a = jax.lax.stop_gradient(sol.value)
     mv = kernel_operator(params, X, kernel=kernel, **blocking)
-    sol = solvers.solve(mv, y, precond=P, rtol=rtol, maxiter=maxiter, throw=False)
-    return y @ sol.value, sol
+    return 2 * a @ y - a @ mv(a), sol
 
 
 def _differentiable(params, X, piv, kernel):
