@@ -19,11 +19,12 @@ jax.config.update("jax_disable_most_optimizations", True)
 def _free_compiled_programs():
     """Drop JAX's caches of compiled programs after each test module.
 
-    Each program XLA:CPU compiles holds three memory mappings of its own (code,
-    constants, data) for as long as a cache keeps it. A test worker that runs the
-    whole suite keeps ~20,000 programs and reaches Linux's default limit of 65,530
-    mappings per process (`vm.max_map_count`); the next compilation then aborts
-    the worker inside `backend_compile_and_load`, in whatever test comes next.
+    Each program XLA:CPU compiles holds memory mappings of its own (code,
+    constants, data; ~6 per jitted function) for as long as a cache keeps it. A
+    test worker that runs the whole suite without this reaches Linux's default
+    limit of 65,530 mappings per process (`vm.max_map_count`) about 80 % of the way
+    through; the next compilation fails ("LLVM compilation error: Cannot allocate
+    memory") and the worker aborts in whatever test comes next.
     Programs are not shared between modules, so dropping them costs nothing.
     """
     yield
