@@ -25,7 +25,8 @@ def _free_compiled_programs():
     limit of 65,530 mappings per process (`vm.max_map_count`) about 80 % of the way
     through; the next compilation fails ("LLVM compilation error: Cannot allocate
     memory") and the worker aborts in whatever test comes next.
-    Programs are not shared between modules, so dropping them costs nothing.
+    Programs are rarely shared between modules: the suite ran faster with this
+    (31.5 min of pytest against 34-36 min without, 2 workers).
     """
     yield
     jax.clear_caches()
